@@ -1,0 +1,17 @@
+//! netray: network observability with eBPF.
+//!
+//! The binary `netray` is a thin CLI over this library; tests and benchmarks
+//! use the same modules.
+//!
+//! - [`check`]: which kernel hooks load, attach and run on this machine. Other
+//!   commands use it to choose hooks at run time.
+//! - [`privileges`]: which Linux capabilities the process has.
+//! - [`netdev`]: small network-device helpers (interface flags, listing).
+//! - [`objects`]: the eBPF objects embedded at build time.
+//! - [`tracefs`]: makes sure tracefs is mounted for classic tracepoints.
+
+pub mod check;
+pub mod netdev;
+pub mod objects;
+pub mod privileges;
+pub mod tracefs;

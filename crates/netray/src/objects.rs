@@ -1,0 +1,5 @@
+//! The eBPF objects built from `netray-ebpf` by `build.rs` and embedded in the
+//! binary, one per capability.
+
+/// The `netray check` probe programs (one tiny program per hook kind).
+pub static CHECK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-check"));
