@@ -5,12 +5,14 @@
 //!
 //! - [`check`]: which kernel hooks load, attach and run on this machine. Other
 //!   commands use it to choose hooks at run time.
+//! - [`inband`]: in-band traceroute (probe engine, capture, result model).
 //! - [`privileges`]: which Linux capabilities the process has.
 //! - [`netdev`]: small network-device helpers (interface flags, listing).
 //! - [`objects`]: the eBPF objects embedded at build time.
 //! - [`tracefs`]: makes sure tracefs is mounted for classic tracepoints.
 
 pub mod check;
+pub mod inband;
 pub mod netdev;
 pub mod objects;
 pub mod privileges;

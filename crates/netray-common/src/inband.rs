@@ -1,0 +1,186 @@
+//! Types of the in-band traceroute capture (`netray serve`, `netray trace`).
+//!
+//! The XDP program (ingress) and the TC program (egress) watch the TCP
+//! connections userspace registered in the `INBAND_FLOWS` hash map:
+//! - egress segments of a flow update the server-side fields of its
+//!   [`FlowState`] (what the next probe must look like);
+//! - ingress segments from the peer update the peer-side fields and, while the
+//!   flow is armed, are reported as [`InbandEvent`]s (the destination's ACK of
+//!   a probe carries a D-SACK block naming the probe);
+//! - ICMP/ICMPv6 Time Exceeded / Destination Unreachable messages that quote a
+//!   registered flow are reported as [`InbandEvent`]s with the router's address.
+//!
+//! All ports and sequence numbers are in host byte order. Addresses are raw
+//! network-order bytes; an IPv4 address fills the first 4 bytes, the rest zero.
+
+/// `FlowKey::family` of an IPv4 flow.
+pub const FAMILY_IPV4: u8 = 4;
+/// `FlowKey::family` of an IPv6 flow.
+pub const FAMILY_IPV6: u8 = 6;
+
+/// The packet mark netray's raw probe sockets set (`SO_MARK`), so the egress
+/// program does not mistake probes for the connection's own segments.
+pub const PROBE_MARK: u32 = 0x6e72_7072; // "nrpr"
+
+/// Identifies a traced TCP connection from the tracing host's side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// This host's address (the probes' source).
+    pub local_addr: [u8; 16],
+    /// The peer's address (the probes' destination).
+    pub remote_addr: [u8; 16],
+    /// This host's port.
+    pub local_port: u16,
+    /// The peer's port.
+    pub remote_port: u16,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Always zero (keeps the key free of uninitialised padding).
+    pub pad: [u8; 3],
+}
+
+/// What the kernel programs learned about a registered flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowState {
+    /// Peer's latest sequence number plus its payload length (and SYN/FIN):
+    /// the acknowledgment number a probe carries.
+    pub peer_seq_next: u32,
+    /// Peer's latest acknowledgment number: everything before it is
+    /// acknowledged, so probes take their sequence numbers below it.
+    pub peer_ack: u32,
+    /// Peer's latest TCP timestamp value (a probe's TSecr).
+    pub peer_tsval: u32,
+    /// Ingress segments seen from the peer since registration.
+    pub peer_segments: u32,
+    /// Our latest sequence number plus payload length (our snd_nxt).
+    pub local_seq_next: u32,
+    /// Our latest TCP timestamp value (a probe's TSval).
+    pub local_tsval: u32,
+    /// Our latest IPv6 flow label (host order, 20 bits); 0 for IPv4.
+    pub local_flow_label: u32,
+    /// Egress segments seen from us since registration.
+    pub local_segments: u32,
+    /// Our latest advertised window (unscaled, as on the wire).
+    pub local_window: u16,
+    /// Our latest IPv4 TOS / IPv6 traffic class (DSCP and ECN bits).
+    pub local_tos: u8,
+    /// Peer's latest IP TTL / hop limit as received.
+    pub peer_ttl: u8,
+    /// Bit 0: peer segments seen; bit 1: local segments seen; bit 2: the peer
+    /// sent TCP timestamps; bit 3: we sent TCP timestamps.
+    pub seen: u8,
+    /// Nonzero: report every ingress segment of the peer as an event.
+    pub armed: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+impl FlowState {
+    /// `seen` bit: a peer segment was seen.
+    pub const SEEN_PEER: u8 = 1;
+    /// `seen` bit: a local segment was seen.
+    pub const SEEN_LOCAL: u8 = 2;
+    /// `seen` bit: the peer's latest segment carried a timestamp option.
+    pub const PEER_TIMESTAMPS: u8 = 4;
+    /// `seen` bit: our latest segment carried a timestamp option.
+    pub const LOCAL_TIMESTAMPS: u8 = 8;
+}
+
+/// [`InbandEvent::kind`]: an ICMP(v6) Time Exceeded quoting a registered flow.
+pub const EVENT_TIME_EXCEEDED: u8 = 1;
+/// [`InbandEvent::kind`]: an ICMP(v6) Destination Unreachable quoting a flow.
+pub const EVENT_DEST_UNREACHABLE: u8 = 2;
+/// [`InbandEvent::kind`]: a TCP segment from the peer of an armed flow.
+pub const EVENT_TCP: u8 = 3;
+
+/// Maximum TCP option bytes copied into an event.
+pub const MAX_TCP_OPTIONS: usize = 40;
+
+/// One record of the in-band ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InbandEvent {
+    /// `bpf_ktime_get_ns()` when the packet was seen (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// The registered flow the packet belongs to / quotes.
+    pub flow: FlowKey,
+    /// Outer source address: the router (ICMP) or the peer (TCP).
+    pub from_addr: [u8; 16],
+    /// ICMP: the quoted TCP sequence number. TCP: the segment's sequence number.
+    pub seq: u32,
+    /// TCP: the segment's acknowledgment number. ICMP: 0.
+    pub ack: u32,
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// TCP: payload length. ICMP: 0.
+    pub payload_len: u16,
+    /// TCP: window (unscaled). ICMP: 0.
+    pub window: u16,
+    /// One of `EVENT_*`.
+    pub kind: u8,
+    /// ICMP type and code (ICMPv4 or ICMPv6 numbering per `flow.family`).
+    pub icmp_type: u8,
+    /// ICMP code.
+    pub icmp_code: u8,
+    /// ICMP: TTL/hop limit left in the quoted header. TCP: the segment's TTL.
+    pub ttl: u8,
+    /// TCP flags byte (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 ...). ICMP: 0.
+    pub tcp_flags: u8,
+    /// Bytes of `options` that are valid.
+    pub options_len: u8,
+    /// Always zero.
+    pub pad: [u8; 2],
+    /// TCP options as on the wire (SACK blocks live here).
+    pub options: [u8; MAX_TCP_OPTIONS],
+}
+
+/// Slots of the per-CPU `INBAND_STATS` counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InbandStat {
+    /// Packets the XDP program looked at.
+    XdpPackets = 0,
+    /// ICMP errors that quoted a registered flow (reported).
+    IcmpMatched = 1,
+    /// ICMP errors that quoted no registered flow (passed, not reported).
+    IcmpIgnored = 2,
+    /// Peer TCP segments reported.
+    TcpReported = 3,
+    /// Events lost because the ring buffer was full.
+    RingbufDrops = 4,
+    /// Packets too short or malformed to parse (passed untouched).
+    Malformed = 5,
+    /// Egress segments that updated a flow.
+    EgressUpdates = 6,
+}
+
+impl InbandStat {
+    /// Length of the counter array.
+    pub const COUNT: u32 = 7;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all three): repr(C), Copy, fields are integers and byte arrays laid out
+    // without implicit padding (explicit `pad` fields), any bit pattern is valid.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InbandEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowState>(), 40);
+        // 8 + 40 + 16 + 4*3 + 2*2 + 8 + 40 = 128
+        assert_eq!(core::mem::size_of::<InbandEvent>(), 128);
+    }
+}

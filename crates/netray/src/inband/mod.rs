@@ -1,0 +1,50 @@
+//! In-band traceroute: trace the path to the peer of an established TCP
+//! connection with TTL-limited probes that share the connection's 5-tuple.
+//!
+//! - [`model`]: the result types (the `/trace.json` contract).
+//! - [`PathTracer`]: what the HTTP server asks of the engine.
+
+pub mod model;
+
+use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};
+
+use tokio::sync::watch;
+
+pub use model::{Hop, TraceResult, TraceSnapshot};
+
+/// The TCP connection to trace, as the server accepted it.
+#[derive(Debug)]
+pub struct Connection {
+    /// Our address and port (the probes' source).
+    pub local: SocketAddr,
+    /// The peer's address and port (the probes' destination).
+    pub peer: SocketAddr,
+    /// A duplicate of the connection's socket, for `TCP_INFO` (is anything in
+    /// flight?) and the socket's TOS. Closed when the last holder drops it.
+    pub socket: OwnedFd,
+}
+
+/// Why a trace could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// A limit (per client, global, rate) refused the trace; the text says which.
+    #[error("too many traces: {0}")]
+    Limited(String),
+    /// The connection cannot be traced (unsupported family, closed socket...).
+    #[error("cannot trace this connection: {0}")]
+    Unsupported(String),
+    /// An internal failure (kernel map full, raw socket error...).
+    #[error("trace failed: {0}")]
+    Internal(String),
+}
+
+/// Runs traces. One trace per connection: a second request on the same
+/// connection joins the running (or finished) trace instead of starting another.
+pub trait PathTracer: Send + Sync + 'static {
+    /// Starts or joins the trace of `connection`. The receiver sees every
+    /// update; the trace is over when [`TraceSnapshot::done`] is `Some`.
+    fn trace(
+        &self,
+        connection: Arc<Connection>,
+    ) -> Result<watch::Receiver<TraceSnapshot>, TraceError>;
+}
