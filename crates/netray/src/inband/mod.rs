@@ -1,9 +1,11 @@
 //! In-band traceroute: trace the path to the peer of an established TCP
 //! connection with TTL-limited probes that share the connection's 5-tuple.
 //!
+//! - [`capture`]: the XDP/TC programs that watch traced flows and catch ICMP.
 //! - [`model`]: the result types (the `/trace.json` contract).
 //! - [`PathTracer`]: what the HTTP server asks of the engine.
 
+pub mod capture;
 pub mod model;
 
 use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};
@@ -47,4 +49,26 @@ pub trait PathTracer: Send + Sync + 'static {
         &self,
         connection: Arc<Connection>,
     ) -> Result<watch::Receiver<TraceSnapshot>, TraceError>;
+
+    /// Counters for `/metrics`.
+    fn stats(&self) -> TracerStats;
+}
+
+/// Counters a [`PathTracer`] keeps (monotonic since start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracerStats {
+    /// Traces started.
+    pub traces_started: u64,
+    /// Traces that produced a result.
+    pub traces_completed: u64,
+    /// Traces that failed.
+    pub traces_failed: u64,
+    /// Probe packets sent.
+    pub probes_sent: u64,
+    /// ICMP errors that matched a probe of a running trace.
+    pub icmp_matched: u64,
+    /// ICMP errors seen but not matched (forged, late, other traffic).
+    pub icmp_ignored: u64,
+    /// Events the kernel could not deliver (ring buffer full).
+    pub ringbuf_drops: u64,
 }
