@@ -2,11 +2,15 @@
 //! connection with TTL-limited probes that share the connection's 5-tuple.
 //!
 //! - [`capture`]: the XDP/TC programs that watch traced flows and catch ICMP.
+//! - [`probe`]: probe packets and TCP option parsing.
+//! - [`engine`]: one trace's state: matching replies, building the hop list.
 //! - [`model`]: the result types (the `/trace.json` contract).
 //! - [`PathTracer`]: what the HTTP server asks of the engine.
 
 pub mod capture;
+pub mod engine;
 pub mod model;
+pub mod probe;
 
 use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};
 

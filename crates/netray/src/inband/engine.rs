@@ -1,0 +1,519 @@
+//! The state of one trace: which probes went out, which replies match them,
+//! and what the path looks like so far. Pure logic, fed with kernel events;
+//! no I/O, so every rule here is unit-tested without a kernel.
+//!
+//! Matching rules (so forged or stray ICMP cannot inject hops or end a trace):
+//! - the capture only reports ICMP errors whose quoted addresses and ports are
+//!   those of a traced flow; here the quoted TCP sequence number must also be
+//!   one this trace sent as a probe, else the message is ignored;
+//! - a probe reached the destination when the peer's ACK carries a (D-)SACK
+//!   block covering the probe's one byte; a peer without SACK or an RST still
+//!   marks the destination as reached, at the TTL after the last router.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use netray_common::inband::{
+    EVENT_DEST_UNREACHABLE, EVENT_TCP, EVENT_TIME_EXCEEDED, InbandEvent, MAX_TCP_OPTIONS,
+};
+
+use super::{
+    model::Hop,
+    probe::{ProbeTemplate, sack_blocks},
+};
+
+/// TCP RST flag bit.
+const TCP_RST: u8 = 0x04;
+
+/// How a trace probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Highest TTL probed.
+    pub max_hops: u8,
+    /// Probes per TTL.
+    pub probes_per_ttl: u8,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_hops: 30,
+            probes_per_ttl: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SentProbe {
+    ttl: u8,
+    sent_ns: u64,
+    answered: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct TtlState {
+    router: Option<IpAddr>,
+    router_rtts: Vec<f64>,
+    destination_rtts: Vec<f64>,
+    sent: u32,
+}
+
+/// What an event meant to the trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A reply to one of our probes: the trace changed.
+    Matched,
+    /// A second reply to a probe already answered.
+    Duplicate,
+    /// Not a reply to any probe of this trace (stray, late, or forged).
+    Ignored,
+}
+
+/// One trace in progress.
+#[derive(Debug)]
+pub struct Trace {
+    config: EngineConfig,
+    peer: IpAddr,
+    /// Lowest sequence number already acknowledged by the peer; probes count
+    /// down from it.
+    acked: u32,
+    probes: HashMap<u32, SentProbe>,
+    ttls: Vec<TtlState>,
+    /// Lowest TTL whose probe the peer acknowledged.
+    destination_ttl: Option<u8>,
+    /// The peer answered (RST, or an ACK without SACK) but we cannot tell which probe.
+    destination_unidentified: bool,
+    matched: u64,
+    ignored: u64,
+}
+
+impl Trace {
+    /// A new trace of the flow described by `template`.
+    pub fn new(config: EngineConfig, template: &ProbeTemplate) -> Self {
+        let max_hops = config.max_hops.max(1);
+        Self {
+            config: EngineConfig { max_hops, ..config },
+            peer: template.peer,
+            acked: template.acked,
+            probes: HashMap::new(),
+            ttls: vec![TtlState::default(); usize::from(max_hops)],
+            destination_ttl: None,
+            destination_unidentified: false,
+            matched: 0,
+            ignored: 0,
+        }
+    }
+
+    /// The configuration in force.
+    pub const fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    /// Sequence number for the `attempt`-th probe (0-based) with `ttl`: each
+    /// (ttl, attempt) gets its own byte below the acknowledged edge.
+    pub fn probe_seq(&self, ttl: u8, attempt: u8) -> u32 {
+        let index =
+            u32::from(attempt) * u32::from(self.config.max_hops) + u32::from(ttl.max(1) - 1);
+        self.acked.wrapping_sub(1).wrapping_sub(index)
+    }
+
+    /// Records that the probe (`ttl`, `attempt`) left at `sent_ns`
+    /// (CLOCK_MONOTONIC) and returns its sequence number.
+    pub fn record_sent(&mut self, ttl: u8, attempt: u8, sent_ns: u64) -> u32 {
+        let seq = self.probe_seq(ttl, attempt);
+        self.probes.insert(
+            seq,
+            SentProbe {
+                ttl,
+                sent_ns,
+                answered: false,
+            },
+        );
+        if let Some(state) = self.ttls.get_mut(usize::from(ttl) - 1) {
+            state.sent += 1;
+        }
+        seq
+    }
+
+    /// Feeds one kernel event of this trace's flow.
+    pub fn on_event(&mut self, event: &InbandEvent) -> Verdict {
+        let verdict = match event.kind {
+            EVENT_TIME_EXCEEDED | EVENT_DEST_UNREACHABLE => self.on_icmp(event),
+            EVENT_TCP => self.on_peer_segment(event),
+            _ => Verdict::Ignored,
+        };
+        match verdict {
+            Verdict::Matched => self.matched += 1,
+            Verdict::Ignored => self.ignored += 1,
+            Verdict::Duplicate => {}
+        }
+        verdict
+    }
+
+    fn on_icmp(&mut self, event: &InbandEvent) -> Verdict {
+        let Some(probe) = self.probes.get_mut(&event.seq) else {
+            return Verdict::Ignored;
+        };
+        if probe.answered {
+            return Verdict::Duplicate;
+        }
+        probe.answered = true;
+        let rtt = rtt_ms(probe.sent_ns, event.timestamp_ns);
+        let ttl = probe.ttl;
+        let from = addr_from_bytes(event.flow.family, event.from_addr);
+        let state = &mut self.ttls[usize::from(ttl) - 1];
+        // Keep the first responder: in-band probes share the connection's
+        // 5-tuple, so ECMP sends them all down one path.
+        state.router.get_or_insert(from);
+        state.router_rtts.push(rtt);
+        Verdict::Matched
+    }
+
+    fn on_peer_segment(&mut self, event: &InbandEvent) -> Verdict {
+        let options_len = usize::from(event.options_len).min(MAX_TCP_OPTIONS);
+        let mut matched = false;
+        let mut duplicate = false;
+        let blocks = sack_blocks(&event.options[..options_len]);
+        for &(left, right) in &blocks {
+            // D-SACK blocks name one probe byte; cap the walk so a bogus
+            // block cannot make us loop over 4 GiB of sequence space.
+            let span = right.wrapping_sub(left).min(256);
+            for offset in 0..span {
+                let seq = left.wrapping_add(offset);
+                let Some(probe) = self.probes.get_mut(&seq) else {
+                    continue;
+                };
+                if probe.answered {
+                    duplicate = true;
+                    continue;
+                }
+                probe.answered = true;
+                let ttl = probe.ttl;
+                let rtt = rtt_ms(probe.sent_ns, event.timestamp_ns);
+                self.ttls[usize::from(ttl) - 1].destination_rtts.push(rtt);
+                self.destination_ttl = Some(self.destination_ttl.map_or(ttl, |d| d.min(ttl)));
+                matched = true;
+            }
+        }
+        if matched {
+            return Verdict::Matched;
+        }
+        if duplicate {
+            return Verdict::Duplicate;
+        }
+        // A duplicate ACK (no data, no SACK, acknowledging exactly the edge
+        // our probes sit below) or an RST from the peer after we probed: the
+        // peer got a probe, but without SACK we cannot tell which. A segment
+        // whose SACK blocks name other bytes is not an answer to us.
+        let pure_dup_ack = event.payload_len == 0 && event.ack == self.acked && blocks.is_empty();
+        let probed = !self.probes.is_empty();
+        if probed && (event.tcp_flags & TCP_RST != 0 || pure_dup_ack) {
+            self.destination_unidentified = true;
+            return Verdict::Matched;
+        }
+        Verdict::Ignored
+    }
+
+    /// The destination's TTL, if known: the lowest TTL the peer acknowledged,
+    /// or, when the peer's answer named no probe, the TTL after the farthest
+    /// router that answered.
+    pub fn destination_ttl(&self) -> Option<u8> {
+        self.destination_ttl.or_else(|| {
+            self.destination_unidentified.then(|| {
+                let last_router = self
+                    .ttls
+                    .iter()
+                    .rposition(|t| t.router.is_some())
+                    .map_or(0, |i| i + 1);
+                (last_router as u8 + 1).min(self.config.max_hops)
+            })
+        })
+    }
+
+    /// TTLs worth more probes: up to the destination once it is known.
+    pub fn ttls_to_probe(&self) -> std::ops::RangeInclusive<u8> {
+        1..=self.destination_ttl().unwrap_or(self.config.max_hops)
+    }
+
+    /// Whether every probe that matters has been answered: nothing more to
+    /// wait for.
+    pub fn is_complete(&self) -> bool {
+        let Some(destination) = self.destination_ttl() else {
+            return false;
+        };
+        self.probes
+            .values()
+            .filter(|p| p.ttl <= destination)
+            .all(|p| p.answered)
+    }
+
+    /// Replies that matched a probe / events that did not.
+    pub const fn counts(&self) -> (u64, u64) {
+        (self.matched, self.ignored)
+    }
+
+    /// The hops as known now: TTL 1 to the destination, or to the farthest
+    /// TTL with an answer (all of `max_hops` in the final result when the
+    /// destination was not reached, see [`Trace::final_hops`]).
+    pub fn hops(&self) -> Vec<Hop> {
+        let last = self.destination_ttl().unwrap_or_else(|| {
+            self.ttls
+                .iter()
+                .rposition(|t| t.router.is_some())
+                .map_or(0, |i| i as u8 + 1)
+        });
+        self.hops_to(last)
+    }
+
+    /// The hops of the final result: to the destination, or to `max_hops`.
+    pub fn final_hops(&self) -> Vec<Hop> {
+        self.hops_to(self.destination_ttl().unwrap_or(self.config.max_hops))
+    }
+
+    fn hops_to(&self, last: u8) -> Vec<Hop> {
+        let destination = self.destination_ttl();
+        (1..=last)
+            .map(|ttl| {
+                let state = &self.ttls[usize::from(ttl) - 1];
+                let mut hop = Hop::silent(ttl);
+                hop.sent = state.sent;
+                if Some(ttl) == destination {
+                    hop.destination = true;
+                    hop.addr = Some(self.peer);
+                    hop.rtt_ms.clone_from(&state.destination_rtts);
+                    if hop.rtt_ms.is_empty() && self.destination_ttl.is_none() {
+                        // Reached, but the peer's answer named no probe.
+                        hop.received = 1;
+                    }
+                } else {
+                    hop.addr = state.router;
+                    hop.rtt_ms.clone_from(&state.router_rtts);
+                    hop.nat = state.router == Some(self.peer);
+                }
+                hop.received = hop.received.max(hop.rtt_ms.len() as u32);
+                hop
+            })
+            .collect()
+    }
+}
+
+/// The address in an event's 16 address bytes (IPv4 in the first four).
+fn addr_from_bytes(family: u8, bytes: [u8; 16]) -> IpAddr {
+    if family == netray_common::inband::FAMILY_IPV4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(bytes)
+    }
+}
+
+fn rtt_ms(sent_ns: u64, received_ns: u64) -> f64 {
+    received_ns.saturating_sub(sent_ns) as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netray_common::inband::{FAMILY_IPV4, FlowKey};
+
+    const PEER: &str = "198.51.100.7";
+
+    fn template() -> ProbeTemplate {
+        ProbeTemplate {
+            local: "192.0.2.1".parse().unwrap(),
+            peer: PEER.parse().unwrap(),
+            local_port: 443,
+            peer_port: 40000,
+            ack: 5000,
+            acked: 10_000,
+            window: 100,
+            tos: 0,
+            flow_label: 0,
+            timestamps: None,
+        }
+    }
+
+    fn v4(addr: &str) -> [u8; 16] {
+        let ip: std::net::Ipv4Addr = addr.parse().unwrap();
+        let mut out = [0; 16];
+        out[..4].copy_from_slice(&ip.octets());
+        out
+    }
+
+    fn icmp(seq: u32, from: &str, at_ns: u64) -> InbandEvent {
+        InbandEvent {
+            timestamp_ns: at_ns,
+            flow: FlowKey {
+                family: FAMILY_IPV4,
+                ..FlowKey::default()
+            },
+            from_addr: v4(from),
+            seq,
+            ack: 0,
+            ifindex: 1,
+            payload_len: 0,
+            window: 0,
+            kind: EVENT_TIME_EXCEEDED,
+            icmp_type: 11,
+            icmp_code: 0,
+            ttl: 1,
+            tcp_flags: 0,
+            options_len: 0,
+            pad: [0; 2],
+            options: [0; MAX_TCP_OPTIONS],
+        }
+    }
+
+    fn dsack(left: u32, at_ns: u64) -> InbandEvent {
+        let mut event = icmp(0, PEER, at_ns);
+        event.kind = EVENT_TCP;
+        event.ack = 10_000;
+        event.tcp_flags = 0x10;
+        let mut options = vec![1, 1, 5, 10];
+        options.extend_from_slice(&left.to_be_bytes());
+        options.extend_from_slice(&left.wrapping_add(1).to_be_bytes());
+        event.options[..options.len()].copy_from_slice(&options);
+        event.options_len = options.len() as u8;
+        event
+    }
+
+    fn trace(max_hops: u8, probes: u8) -> Trace {
+        let mut trace = Trace::new(
+            EngineConfig {
+                max_hops,
+                probes_per_ttl: probes,
+            },
+            &template(),
+        );
+        for attempt in 0..probes {
+            for ttl in 1..=max_hops {
+                trace.record_sent(ttl, attempt, 1_000_000);
+            }
+        }
+        trace
+    }
+
+    #[test]
+    fn every_probe_has_its_own_byte_below_the_acked_edge() {
+        let t = trace(30, 3);
+        let mut seqs: Vec<u32> = (0..3)
+            .flat_map(|a| (1..=30).map(move |ttl| (ttl, a)))
+            .map(|(ttl, a)| t.probe_seq(ttl, a))
+            .collect();
+        assert!(seqs.iter().all(|&s| s < 10_000 && s >= 10_000 - 90));
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 90);
+    }
+
+    #[test]
+    fn three_routers_then_the_destination() {
+        let mut t = trace(8, 1);
+        for (ttl, router) in [(1, "10.0.0.1"), (2, "10.0.1.1"), (3, "10.0.2.1")] {
+            let seq = t.probe_seq(ttl, 0);
+            assert_eq!(t.on_event(&icmp(seq, router, 1_500_000)), Verdict::Matched);
+        }
+        assert!(!t.is_complete());
+        // Probes with TTL 4..=8 all reach the peer; each is D-SACKed.
+        for ttl in (4..=8).rev() {
+            assert_eq!(t.on_event(&dsack(t.probe_seq(ttl, 0), 2_000_000)), Verdict::Matched);
+        }
+        assert_eq!(t.destination_ttl(), Some(4));
+        assert!(t.is_complete());
+        let hops = t.final_hops();
+        assert_eq!(hops.len(), 4);
+        assert_eq!(hops[0].addr, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(hops[0].rtt_ms, vec![0.5]);
+        assert_eq!(hops[2].addr, Some("10.0.2.1".parse().unwrap()));
+        assert!(hops[3].destination);
+        assert_eq!(hops[3].addr, Some(PEER.parse().unwrap()));
+        assert_eq!(hops[3].rtt_ms, vec![1.0]);
+        assert!(hops.iter().all(|h| !h.nat));
+    }
+
+    #[test]
+    fn forged_icmp_with_an_unknown_sequence_is_ignored() {
+        let mut t = trace(8, 1);
+        // Right addresses and ports (the capture checked them), wrong sequence.
+        assert_eq!(t.on_event(&icmp(12_345, "203.0.113.66", 2)), Verdict::Ignored);
+        assert_eq!(t.on_event(&icmp(10_000, "203.0.113.66", 2)), Verdict::Ignored);
+        assert!(t.hops().is_empty());
+        // A SACK naming bytes we never probed does not end the trace either.
+        assert_eq!(t.on_event(&dsack(20_000, 2)), Verdict::Ignored);
+        assert_eq!(t.destination_ttl(), None);
+        assert_eq!(t.counts(), (0, 3));
+    }
+
+    #[test]
+    fn duplicates_count_once() {
+        let mut t = trace(4, 1);
+        let seq = t.probe_seq(1, 0);
+        assert_eq!(t.on_event(&icmp(seq, "10.0.0.1", 2_000_000)), Verdict::Matched);
+        assert_eq!(t.on_event(&icmp(seq, "10.0.0.1", 3_000_000)), Verdict::Duplicate);
+        assert_eq!(t.hops()[0].received, 1);
+    }
+
+    #[test]
+    fn silent_hop_stays_null_and_the_trace_goes_on() {
+        let mut t = trace(8, 2);
+        for attempt in 0..2 {
+            t.on_event(&icmp(t.probe_seq(1, attempt), "10.0.0.1", 1_200_000));
+            t.on_event(&icmp(t.probe_seq(3, attempt), "10.0.2.1", 1_200_000));
+            t.on_event(&dsack(t.probe_seq(4, attempt), 1_300_000));
+        }
+        assert_eq!(t.destination_ttl(), Some(4));
+        // TTL 2's probes never answered: not complete until the grace period ends.
+        assert!(!t.is_complete());
+        let hops = t.final_hops();
+        assert_eq!(hops[1].addr, None);
+        assert_eq!(hops[1].sent, 2);
+        assert_eq!(hops[1].received, 0);
+        assert_eq!(hops[2].received, 2);
+        assert!(hops[3].destination);
+    }
+
+    #[test]
+    fn nat_hops_answer_from_the_peer_address() {
+        let mut t = trace(6, 1);
+        t.on_event(&icmp(t.probe_seq(1, 0), "10.0.0.1", 2));
+        // The NAT and the router behind it both answer from the NAT's public
+        // address, which is the peer address the server sees.
+        t.on_event(&icmp(t.probe_seq(2, 0), PEER, 2));
+        t.on_event(&icmp(t.probe_seq(3, 0), PEER, 2));
+        t.on_event(&dsack(t.probe_seq(4, 0), 2));
+        let hops = t.final_hops();
+        assert_eq!(hops.len(), 4);
+        assert!(!hops[0].nat);
+        assert!(hops[1].nat && hops[2].nat);
+        assert!(!hops[3].nat && hops[3].destination);
+    }
+
+    #[test]
+    fn peer_without_sack_still_ends_the_trace() {
+        let mut t = trace(8, 1);
+        t.on_event(&icmp(t.probe_seq(1, 0), "10.0.0.1", 2));
+        t.on_event(&icmp(t.probe_seq(2, 0), "10.0.1.1", 2));
+        let mut ack = dsack(0, 3);
+        ack.options_len = 0;
+        assert_eq!(t.on_event(&ack), Verdict::Matched);
+        assert_eq!(t.destination_ttl(), Some(3));
+        let hops = t.final_hops();
+        assert_eq!(hops.len(), 3);
+        assert!(hops[2].destination);
+        // Data from the peer is not a probe answer.
+        let mut t = trace(8, 1);
+        let mut data = dsack(0, 3);
+        data.options_len = 0;
+        data.payload_len = 100;
+        assert_eq!(t.on_event(&data), Verdict::Ignored);
+    }
+
+    #[test]
+    fn unreached_destination_lists_every_ttl() {
+        let mut t = trace(5, 1);
+        t.on_event(&icmp(t.probe_seq(1, 0), "10.0.0.1", 2));
+        assert_eq!(t.hops().len(), 1);
+        let hops = t.final_hops();
+        assert_eq!(hops.len(), 5);
+        assert!(hops.iter().all(|h| !h.destination));
+        assert_eq!(t.ttls_to_probe(), 1..=5);
+    }
+}
