@@ -7,6 +7,7 @@
 //!   commands use it to choose hooks at run time.
 //! - [`inband`]: in-band traceroute (probe engine, capture, result model).
 //! - [`privileges`]: which Linux capabilities the process has.
+//! - [`serve`]: the in-band traceroute web server (`netray serve`).
 //! - [`netdev`]: small network-device helpers (interface flags, listing).
 //! - [`objects`]: the eBPF objects embedded at build time.
 //! - [`tracefs`]: makes sure tracefs is mounted for classic tracepoints.
@@ -16,4 +17,5 @@ pub mod inband;
 pub mod netdev;
 pub mod objects;
 pub mod privileges;
+pub mod serve;
 pub mod tracefs;

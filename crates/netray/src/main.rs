@@ -20,6 +20,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// In-band traceroute server: traces every visitor's path inside their own connection.
+    Serve(netray::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,5 +54,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => {
+            netray::privileges::require("serve", netray::privileges::EBPF_COMMAND)?;
+            let config = netray::serve::ServeConfig::from_args(args)?;
+            tokio::runtime::Runtime::new()?.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(config: netray::serve::ServeConfig) -> anyhow::Result<()> {
+    use netray::inband::{
+        capture::{Capture, up_interfaces},
+        engine::EngineConfig,
+        tracer::{InbandTracer, TracerConfig},
+    };
+    let interfaces = if config.engine.interfaces.is_empty() {
+        let found = up_interfaces()?;
+        anyhow::ensure!(
+            !found.is_empty(),
+            "no up, non-loopback interface to attach to; name one with --interface"
+        );
+        found
+    } else {
+        config.engine.interfaces.clone()
+    };
+    let capture = Capture::attach(&interfaces)?;
+    let tracer = InbandTracer::new(
+        capture,
+        TracerConfig {
+            engine: EngineConfig {
+                max_hops: config.engine.max_hops,
+                probes_per_ttl: config.engine.probes,
+            },
+            ..TracerConfig::default()
+        },
+    )?;
+    tracing::info!(?interfaces, "capture attached");
+    netray::serve::run(config, std::sync::Arc::new(tracer), shutdown_signal()).await
+}
+
+/// Completes on Ctrl-C or SIGTERM. (On SIGKILL the kernel closes our
+/// bpf_link fds, which detaches the programs all the same.)
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

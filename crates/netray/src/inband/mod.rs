@@ -4,6 +4,9 @@
 //! - [`capture`]: the XDP/TC programs that watch traced flows and catch ICMP.
 //! - [`probe`]: probe packets and TCP option parsing.
 //! - [`engine`]: one trace's state: matching replies, building the hop list.
+//! - [`sender`]: raw sockets that send the probes.
+//! - [`rdns`]: reverse DNS of hop addresses, cached across traces.
+//! - [`tracer`]: [`PathTracer`] implementation tying it all together.
 //! - [`model`]: the result types (the `/trace.json` contract).
 //! - [`PathTracer`]: what the HTTP server asks of the engine.
 
@@ -11,6 +14,9 @@ pub mod capture;
 pub mod engine;
 pub mod model;
 pub mod probe;
+pub mod rdns;
+pub mod sender;
+pub mod tracer;
 
 use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};
 

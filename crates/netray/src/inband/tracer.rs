@@ -1,0 +1,378 @@
+//! The in-band tracer: the [`PathTracer`] behind `netray serve`.
+//!
+//! For each connection it waits until nothing is in flight, sends one probe
+//! per TTL at once, then, as soon as the destination is known, the remaining
+//! probes for the TTLs up to it, and collects replies until every probe that
+//! matters is answered or a grace period ends. A trace takes about two round
+//! trips, plus the grace period when a hop stays silent.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::{
+    Connection, PathTracer, TraceError, TracerStats,
+    capture::{Capture, FlowSubscription, flow_key},
+    engine::{EngineConfig, Trace, Verdict},
+    model::{TraceResult, TraceSnapshot},
+    probe::{ProbeTemplate, TemplateError},
+    rdns::ReverseDns,
+    sender::ProbeSender,
+};
+
+/// Timing and probing knobs of the tracer.
+#[derive(Clone, Copy, Debug)]
+pub struct TracerConfig {
+    /// TTLs and probes per TTL.
+    pub engine: EngineConfig,
+    /// How long to wait for the connection to go idle (nothing in flight)
+    /// before giving up.
+    pub idle_timeout: Duration,
+    /// Shortest wait for late replies after the last probe.
+    pub grace_min: Duration,
+    /// Longest wait for late replies after the last probe.
+    pub grace_max: Duration,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            idle_timeout: Duration::from_secs(3),
+            grace_min: Duration::from_millis(300),
+            grace_max: Duration::from_millis(1500),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    probes_sent: AtomicU64,
+    matched: AtomicU64,
+    ignored: AtomicU64,
+}
+
+type ConnectionKey = (SocketAddr, SocketAddr);
+
+struct Inner {
+    capture: Arc<Capture>,
+    sender: ProbeSender,
+    config: TracerConfig,
+    rdns: ReverseDns,
+    counters: Counters,
+    /// One trace per connection; a finished trace stays while its connection lives.
+    traces: Mutex<HashMap<ConnectionKey, (Weak<Connection>, watch::Receiver<TraceSnapshot>)>>,
+}
+
+/// Traces connections in-band with raw-socket probes and the kernel capture.
+#[derive(Clone)]
+pub struct InbandTracer {
+    inner: Arc<Inner>,
+}
+
+impl InbandTracer {
+    /// A tracer using `capture` (attached to the interfaces the peers come
+    /// in on). Opens the raw probe sockets; must run inside a tokio runtime.
+    pub fn new(capture: Arc<Capture>, config: TracerConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                capture,
+                sender: ProbeSender::open()?,
+                config,
+                rdns: ReverseDns::from_system(),
+                counters: Counters::default(),
+                traces: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// The connection's addresses with v4-mapped IPv6 turned into IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+impl PathTracer for InbandTracer {
+    fn trace(
+        &self,
+        connection: Arc<Connection>,
+    ) -> Result<watch::Receiver<TraceSnapshot>, TraceError> {
+        let key = (canonical(connection.local), canonical(connection.peer));
+        if key.0.is_ipv4() != key.1.is_ipv4() {
+            return Err(TraceError::Unsupported("mixed address families".into()));
+        }
+        let mut traces = self
+            .inner
+            .traces
+            .lock()
+            .map_err(|_| TraceError::Internal("trace table poisoned".into()))?;
+        // Forget traces whose connection is gone (its 4-tuple may be reused).
+        traces.retain(|_, (conn, _)| conn.strong_count() > 0);
+        if let Some((_, rx)) = traces.get(&key) {
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = watch::channel(TraceSnapshot::default());
+        traces.insert(key, (Arc::downgrade(&connection), rx.clone()));
+        drop(traces);
+        self.inner.counters.started.fetch_add(1, Relaxed);
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let outcome = run_trace(&inner, &connection, key, &tx).await;
+            match outcome {
+                Ok(result) => {
+                    inner.counters.completed.fetch_add(1, Relaxed);
+                    tx.send_modify(|s| {
+                        s.hops.clone_from(&result.hops);
+                        s.done = Some(result);
+                    });
+                }
+                Err(error) => {
+                    debug!(peer = %key.1, %error, "trace failed");
+                    inner.counters.failed.fetch_add(1, Relaxed);
+                    tx.send_modify(|s| s.error = Some(error.to_string()));
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    fn stats(&self) -> TracerStats {
+        let c = &self.inner.counters;
+        let kernel = self.inner.capture.stats();
+        TracerStats {
+            traces_started: c.started.load(Relaxed),
+            traces_completed: c.completed.load(Relaxed),
+            traces_failed: c.failed.load(Relaxed),
+            probes_sent: c.probes_sent.load(Relaxed),
+            icmp_matched: c.matched.load(Relaxed),
+            // Kernel: ICMP quoting no traced flow; engine: quoting a traced
+            // flow but no probe of it (late, stray or forged).
+            icmp_ignored: kernel.icmp_ignored + c.ignored.load(Relaxed),
+            ringbuf_drops: kernel.ringbuf_drops,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, so
+/// send times and kernel receive timestamps subtract directly.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Packets our TCP has sent that the peer has not acknowledged (TCP_INFO).
+fn unacked_packets(socket: &OwnedFd) -> std::io::Result<u32> {
+    // SAFETY: tcp_info is plain data; zeroed is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, out-pointer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // TCP_ESTABLISHED is 1 in include/net/tcp_states.h (libc does not export it).
+    if info.tcpi_state != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "connection is no longer established",
+        ));
+    }
+    Ok(info.tcpi_unacked)
+}
+
+/// Waits until nothing is in flight and the capture knows the flow well
+/// enough to forge a probe.
+async fn wait_for_template(
+    connection: &Connection,
+    key: ConnectionKey,
+    subscription: &FlowSubscription,
+    timeout: Duration,
+) -> Result<ProbeTemplate, TraceError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let unacked =
+            unacked_packets(&connection.socket).map_err(|e| TraceError::Unsupported(e.to_string()))?;
+        let state = subscription
+            .state()
+            .map_err(|e| TraceError::Internal(format!("reading flow state: {e:#}")))?;
+        let template =
+            ProbeTemplate::from_flow(key.0.ip(), key.1.ip(), key.0.port(), key.1.port(), &state);
+        match template {
+            Ok(template) if unacked == 0 => return Ok(template),
+            Ok(_) | Err(TemplateError::InFlight { .. } | TemplateError::NoPeerSegment) => {}
+            Err(TemplateError::NoLocalSegment) => {}
+        }
+        if Instant::now() >= deadline {
+            let why = match template {
+                Err(e) => e.to_string(),
+                Ok(_) => format!("{unacked} packet(s) still in flight"),
+            };
+            return Err(TraceError::Internal(format!(
+                "connection did not go idle within {timeout:?}: {why}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn run_trace(
+    inner: &Inner,
+    connection: &Connection,
+    key: ConnectionKey,
+    tx: &watch::Sender<TraceSnapshot>,
+) -> Result<TraceResult, TraceError> {
+    let config = inner.config;
+    let mut subscription = inner
+        .capture
+        .register(flow_key(key.0, key.1))
+        .map_err(|e| TraceError::Internal(format!("{e:#}")))?;
+    let template = wait_for_template(connection, key, &subscription, config.idle_timeout).await?;
+    subscription
+        .set_armed(true)
+        .map_err(|e| TraceError::Internal(format!("arming the flow: {e:#}")))?;
+
+    let started = Instant::now();
+    let mut trace = Trace::new(config.engine, &template);
+    let max_hops = trace.config().max_hops;
+    let probes_per_ttl = trace.config().probes_per_ttl.max(1);
+
+    // Round 1: one probe per TTL, all at once.
+    let mut sent = 0;
+    for ttl in 1..=max_hops {
+        send_probe(inner, &template, &mut trace, ttl, 0)?;
+        sent += 1;
+    }
+    let round1_deadline = Instant::now() + config.grace_max;
+    let mut max_rtt = Duration::ZERO;
+    // Collect until the destination is known (or round 1 times out).
+    while trace.destination_ttl().is_none() && Instant::now() < round1_deadline {
+        if !next_event(&mut subscription, &mut trace, round1_deadline, &mut max_rtt, inner, tx)
+            .await
+        {
+            break;
+        }
+    }
+
+    // Round 2: the other probes, for the TTLs up to the destination.
+    if probes_per_ttl > 1 {
+        // Probes while data is in flight would read to our TCP as duplicate
+        // ACKs; give a streaming response a moment to be acknowledged.
+        let idle_deadline = Instant::now() + Duration::from_millis(200);
+        while unacked_packets(&connection.socket).unwrap_or(0) > 0 && Instant::now() < idle_deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for attempt in 1..probes_per_ttl {
+            for ttl in trace.ttls_to_probe() {
+                send_probe(inner, &template, &mut trace, ttl, attempt)?;
+                sent += 1;
+            }
+        }
+    }
+    let grace = (max_rtt * 4).clamp(config.grace_min, config.grace_max);
+    let deadline = Instant::now() + grace;
+    while !trace.is_complete() && Instant::now() < deadline {
+        if !next_event(&mut subscription, &mut trace, deadline, &mut max_rtt, inner, tx).await {
+            break;
+        }
+    }
+    drop(subscription);
+    debug!(peer = %key.1, sent, elapsed = ?started.elapsed(), "trace finished");
+
+    let mut hops = trace.final_hops();
+    inner.rdns.fill_known(&mut hops);
+    Ok(TraceResult {
+        client: key.1,
+        server: key.0,
+        family: if key.0.is_ipv4() { "ipv4" } else { "ipv6" },
+        destination_reached: hops.last().is_some_and(|h| h.destination),
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+        hops,
+    })
+}
+
+fn send_probe(
+    inner: &Inner,
+    template: &ProbeTemplate,
+    trace: &mut Trace,
+    ttl: u8,
+    attempt: u8,
+) -> Result<(), TraceError> {
+    // Record before sending: a reply can beat the return of sendto.
+    let seq = trace.record_sent(ttl, attempt, monotonic_ns());
+    inner
+        .sender
+        .send(template.peer, &template.packet(seq, ttl))
+        .map_err(|e| TraceError::Internal(format!("sending a probe: {e}")))?;
+    inner.counters.probes_sent.fetch_add(1, Relaxed);
+    Ok(())
+}
+
+/// Waits for one event until `deadline`, feeds it to the trace and publishes
+/// the new hops. Returns false when the deadline passed or the capture closed.
+async fn next_event(
+    subscription: &mut FlowSubscription,
+    trace: &mut Trace,
+    deadline: Instant,
+    max_rtt: &mut Duration,
+    inner: &Inner,
+    tx: &watch::Sender<TraceSnapshot>,
+) -> bool {
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let Ok(Some(event)) = tokio::time::timeout(wait, subscription.events.recv()).await else {
+        return false;
+    };
+    match trace.on_event(&event) {
+        Verdict::Matched => {
+            inner.counters.matched.fetch_add(1, Relaxed);
+            let mut hops = trace.hops();
+            for hop in &hops {
+                if let Some(rtt) = hop.rtt_ms.iter().copied().reduce(f64::max) {
+                    *max_rtt = (*max_rtt).max(Duration::from_secs_f64(rtt / 1e3));
+                }
+                if let Some(addr) = hop.addr {
+                    inner.rdns.lookup_in_background(addr);
+                }
+            }
+            inner.rdns.fill_known(&mut hops);
+            tx.send_modify(|s| s.hops = hops);
+        }
+        Verdict::Ignored => {
+            inner.counters.ignored.fetch_add(1, Relaxed);
+        }
+        Verdict::Duplicate => {}
+    }
+    true
+}
