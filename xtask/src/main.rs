@@ -182,7 +182,7 @@ fn demo(extra: &[String]) -> Result {
     let binary = workspace_root().join("target/release/netray");
     let mut cmd = privileged(binary.to_str().ok_or("non-UTF-8 path")?);
     if extra.is_empty() {
-        cmd.arg("check");
+        cmd.arg("demo");
     } else {
         cmd.args(extra);
     }

@@ -69,7 +69,8 @@ pub struct FlowState {
     /// Peer's latest IP TTL / hop limit as received.
     pub peer_ttl: u8,
     /// Bit 0: peer segments seen; bit 1: local segments seen; bit 2: the peer
-    /// sent TCP timestamps; bit 3: we sent TCP timestamps.
+    /// sent TCP timestamps; bit 3: we sent TCP timestamps; bit 4: `peer_ack`
+    /// holds an acknowledgment (a SYN carries none).
     pub seen: u8,
     /// Nonzero: report every ingress segment of the peer as an event.
     pub armed: u8,
@@ -86,6 +87,8 @@ impl FlowState {
     pub const PEER_TIMESTAMPS: u8 = 4;
     /// `seen` bit: our latest segment carried a timestamp option.
     pub const LOCAL_TIMESTAMPS: u8 = 8;
+    /// `seen` bit: `peer_ack` was set from a segment with the ACK flag.
+    pub const PEER_ACKED: u8 = 16;
 }
 
 /// [`InbandEvent::kind`]: an ICMP(v6) Time Exceeded quoting a registered flow.
@@ -163,8 +166,8 @@ impl InbandStat {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all three): repr(C), Copy, fields are integers and byte arrays laid out
-    // without implicit padding (explicit `pad` fields), any bit pattern is valid.
+    // SAFETY: repr(C), Copy, integers and byte arrays laid out without
+    // implicit padding (explicit `pad` fields); any bit pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowState {}

@@ -99,6 +99,7 @@ pub struct Topology {
     routers: usize,
     behaviors: Vec<(usize, RouterBehavior)>,
     losses: Vec<(usize, u8)>,
+    kernel_icmp_rate_limits: bool,
 }
 
 impl Topology {
@@ -108,6 +109,7 @@ impl Topology {
             routers,
             behaviors: Vec::new(),
             losses: Vec::new(),
+            kernel_icmp_rate_limits: false,
         }
     }
 
@@ -126,6 +128,14 @@ impl Topology {
     /// stays resolvable (ARP is not IP and so is never affected).
     pub fn loss(mut self, link: usize, percent: u8) -> Topology {
         self.losses.push((link, percent));
+        self
+    }
+
+    /// Gives the routers the kernel's default ICMP error rate limits (per
+    /// destination: IPv4 a burst of 6 then 1 per second, IPv6 similar) instead
+    /// of none, as on real routers. For tests of behaviour under rate limits.
+    pub fn kernel_icmp_rate_limits(mut self) -> Topology {
+        self.kernel_icmp_rate_limits = true;
         self
     }
 
@@ -181,6 +191,11 @@ impl Topology {
             if (1..=n).contains(&i) {
                 node.sysctl("net.ipv4.ip_forward", "1")?;
                 node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                if self.kernel_icmp_rate_limits {
+                    // The kernel's defaults (Netns::create turns them off).
+                    node.sysctl("net.ipv4.icmp_ratemask", "6168")?;
+                    node.sysctl("net.ipv6.icmp.ratemask", "0-1,3-127")?;
+                }
             }
         }
         for link in 0..=n {

@@ -5,6 +5,7 @@
 //!
 //! - [`check`]: which kernel hooks load, attach and run on this machine. Other
 //!   commands use it to choose hooks at run time.
+//! - [`demo`]: `netray demo`, a self-contained run on a simulated path.
 //! - [`inband`]: in-band traceroute (probe engine, capture, result model).
 //! - [`privileges`]: which Linux capabilities the process has.
 //! - [`serve`]: the in-band traceroute web server (`netray serve`).
@@ -13,6 +14,7 @@
 //! - [`tracefs`]: makes sure tracefs is mounted for classic tracepoints.
 
 pub mod check;
+pub mod demo;
 pub mod inband;
 pub mod netdev;
 pub mod objects;

@@ -20,8 +20,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Self-contained demo: a simulated path in network namespaces, traced by `netray serve`.
+    Demo,
     /// In-band traceroute server: traces every visitor's path inside their own connection.
-    Serve(netray::serve::ServeArgs),
+    Serve(Box<netray::serve::ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -54,9 +56,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo => {
+            netray::privileges::require("demo", netray::privileges::EBPF_COMMAND)?;
+            netray::demo::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => {
             netray::privileges::require("serve", netray::privileges::EBPF_COMMAND)?;
-            let config = netray::serve::ServeConfig::from_args(args)?;
+            let config = netray::serve::ServeConfig::from_args(*args)?;
             tokio::runtime::Runtime::new()?.block_on(serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -80,6 +87,15 @@ async fn serve(config: netray::serve::ServeConfig) -> anyhow::Result<()> {
         config.engine.interfaces.clone()
     };
     let capture = Capture::attach(&interfaces)?;
+    // Track connections to our ports from their SYN: a trace then knows the
+    // connection's sequence state even when the visitor has gone quiet.
+    let ports: Vec<u16> = [config.http, config.https]
+        .into_iter()
+        .flatten()
+        .map(|addr| addr.port())
+        .filter(|&port| port != 0)
+        .collect();
+    capture.set_listen_ports(&ports)?;
     let tracer = InbandTracer::new(
         capture,
         TracerConfig {

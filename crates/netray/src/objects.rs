@@ -3,3 +3,7 @@
 
 /// The `netray check` probe programs (one tiny program per hook kind).
 pub static CHECK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-check"));
+
+/// The in-band traceroute capture: XDP `inband_xdp` (ingress ICMP errors and
+/// peer segments) and TC `inband_tc_egress` (our own segments).
+pub static INBAND: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-inband"));

@@ -5,17 +5,24 @@
 //! without it.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use netray_testbed::{Family, RouterBehavior, Side, Spawned, Testbed, Topology};
+use netray_testbed::{Family, RouterBehavior, Side, Spawned, Testbed, Topology, http::Response};
 use serde_json::Value;
 
 const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
 const PORT: u16 = 8080;
+
+/// Many simulated visitors share one client address: lift the per-client
+/// limits that would otherwise (rightly) refuse them.
+const MANY_VISITORS: &[&str] = &[
+    "--max-traces-per-client",
+    "64",
+    "--rate-limit-per-minute",
+    "6000",
+];
 
 /// A running `netray serve` inside the testbed's server namespace.
 struct Server {
@@ -44,100 +51,12 @@ fn start_server(testbed: &Testbed, extra: &[&str]) -> Server {
     }
 }
 
-/// An HTTP/1.1 response plus what the client's TCP saw of the connection.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: String,
-    body: Vec<u8>,
-    /// Segments the client had to retransmit on this connection.
-    client_retransmits: u32,
-    /// Whether the connection ended with an error (RST) instead of a clean close.
-    reset: bool,
-}
-
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     http_get_with(addr, path, "*/*")
 }
 
 fn http_get_with(addr: SocketAddr, path: &str, accept: &str) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: netray\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    let reset = match stream.read_to_end(&mut raw) {
-        Ok(_) => false,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
-        Err(e) => return Err(e),
-    };
-    let client_retransmits = total_retransmits(&stream);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
-    let headers = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = headers
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    Ok(Response {
-        status,
-        headers,
-        body,
-        client_retransmits,
-        reset,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&data[..line_end])
-                .split(';')
-                .next()
-                .unwrap_or("0")
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        data = &data[line_end + 2..];
-        if size == 0 || data.len() < size {
-            break;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[(size + 2).min(data.len())..];
-    }
-    out
-}
-
-fn total_retransmits(stream: &TcpStream) -> u32 {
-    // SAFETY: tcp_info is plain data; zeroed is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: valid fd, out-pointer and length.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO");
-    info.tcpi_total_retrans
+    netray_testbed::http::get(addr, path, accept, Duration::from_secs(15))
 }
 
 /// Fetches /trace.json from the client namespace and checks the connection
@@ -171,17 +90,29 @@ fn assert_undisturbed(response: &Response) {
         response.client_retransmits, 0,
         "the client had to retransmit on the traced connection"
     );
-    if let Some(length) = response
-        .headers
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-    {
-        assert_eq!(length.parse::<usize>().unwrap(), response.body.len(), "truncated body");
+    if let Some(length) = response.header("content-length") {
+        assert_eq!(
+            length.parse::<usize>().unwrap(),
+            response.body.len(),
+            "truncated body"
+        );
     }
 }
 
-/// The addresses the server must see per TTL (`None`: silent), destination last.
+/// The addresses the server must see per TTL (`None`: silent), destination
+/// last; every hop answered this trace's own probes.
 fn assert_hops(result: &Value, expected: &[Option<IpAddr>], nat_from: Option<usize>) {
+    assert_hops_with(result, expected, nat_from, false);
+}
+
+/// Like [`assert_hops`]; with `allow_cached`, a hop may instead carry an
+/// address learned from other traces (`"cached": true`, no replies).
+fn assert_hops_with(
+    result: &Value,
+    expected: &[Option<IpAddr>],
+    nat_from: Option<usize>,
+    allow_cached: bool,
+) {
     let hops = result["hops"].as_array().expect("hops array");
     let got: Vec<Option<IpAddr>> = hops
         .iter()
@@ -191,10 +122,19 @@ fn assert_hops(result: &Value, expected: &[Option<IpAddr>], nat_from: Option<usi
     for (i, hop) in hops.iter().enumerate() {
         assert_eq!(hop["ttl"], i + 1);
         let last = i + 1 == hops.len();
-        assert_eq!(hop["destination"], last, "only the last hop is the destination");
+        assert_eq!(
+            hop["destination"], last,
+            "only the last hop is the destination"
+        );
         let silent = expected[i].is_none();
         let received = hop["received"].as_u64().unwrap();
-        assert_eq!(received == 0, silent, "replies at TTL {}", i + 1);
+        let cached = hop["cached"] == true;
+        assert!(
+            allow_cached || !cached,
+            "TTL {} is cached: {result:#}",
+            i + 1
+        );
+        assert_eq!(received == 0, silent || cached, "replies at TTL {}", i + 1);
         assert_eq!(
             hop["rtt_ms"].as_array().unwrap().len() as u64,
             received,
@@ -304,7 +244,7 @@ fn ipv6_nat_in_front_of_client() {
 #[test]
 fn concurrent_clients_each_get_the_exact_path() {
     let testbed = Topology::chain(3).build().expect("testbed");
-    let _server = start_server(&testbed, &[]);
+    let _server = start_server(&testbed, MANY_VISITORS);
     let expected_v4 = expected_path(&testbed, Family::V4, &[]);
     let expected_v6 = expected_path(&testbed, Family::V6, &[]);
     let results = std::thread::scope(|scope| {
@@ -361,7 +301,10 @@ fn event_stream_sends_hops_then_done() {
     let (last, result) = events.last().expect("some events");
     assert_eq!(*last, "done");
     assert!(events[..events.len() - 1].iter().all(|(e, _)| *e == "hop"));
-    assert!(events.len() >= 4, "at least one hop event per hop, then done");
+    assert!(
+        events.len() >= 4,
+        "at least one hop event per hop, then done"
+    );
     assert_hops(result, &expected_path(&testbed, Family::V4, &[]), None);
 }
 
@@ -378,7 +321,10 @@ fn plain_text_for_curl_and_html_for_browsers() {
     assert_undisturbed(&text);
     let body = String::from_utf8(text.body).unwrap();
     let router = testbed.router_addr(1, Side::Server, Family::V6).to_string();
-    assert!(body.contains(&router), "plain text names the router: {body}");
+    assert!(
+        body.contains(&router),
+        "plain text names the router: {body}"
+    );
     let html = testbed
         .client()
         .run(move || http_get_with(addr, "/", "text/html"))
@@ -387,4 +333,46 @@ fn plain_text_for_curl_and_html_for_browsers() {
     assert_eq!(html.status, 200);
     let page = String::from_utf8(html.body).unwrap();
     assert!(page.contains("EventSource"), "the page traces live");
+}
+
+#[test]
+fn concurrent_visitors_share_rate_limited_hops() {
+    // Real routers rate-limit ICMP errors per destination (Linux: burst 6,
+    // then 1/s). Every trace's errors go to the same server, so 12 visitors
+    // at once exhaust the near routers' budgets; the hop lists must still be
+    // exact, with what one trace heard shared with the others.
+    let testbed = Topology::chain(3)
+        .kernel_icmp_rate_limits()
+        .build()
+        .expect("testbed");
+    let _server = start_server(&testbed, MANY_VISITORS);
+    let expected = expected_path(&testbed, Family::V4, &[]);
+    let results = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..12)
+            .map(|_| {
+                let testbed = &testbed;
+                scope.spawn(move || trace_json(testbed, Family::V4))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut cached = 0;
+    for result in &results {
+        assert_hops_with(result, &expected, None, true);
+        cached += result["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["cached"] == true)
+            .count();
+    }
+    // Proof the limits were in force: 12 traces x 3 probes at each router
+    // is far over a burst of 6, so some hops must have come from sharing.
+    assert!(
+        cached > 0,
+        "no hop needed sharing: were the rate limits on?"
+    );
 }

@@ -103,6 +103,7 @@ fn hop(ttl: u8, addr: &str, rtts: &[f64], hostname: Option<&str>) -> Hop {
         received: rtts.len() as u32,
         nat: false,
         destination: false,
+        cached: false,
     }
 }
 

@@ -398,7 +398,7 @@ mod tests {
             .flat_map(|a| (1..=30).map(move |ttl| (ttl, a)))
             .map(|(ttl, a)| t.probe_seq(ttl, a))
             .collect();
-        assert!(seqs.iter().all(|&s| s < 10_000 && s >= 10_000 - 90));
+        assert!(seqs.iter().all(|s| (10_000 - 90..10_000).contains(s)));
         seqs.sort_unstable();
         seqs.dedup();
         assert_eq!(seqs.len(), 90);
@@ -414,7 +414,10 @@ mod tests {
         assert!(!t.is_complete());
         // Probes with TTL 4..=8 all reach the peer; each is D-SACKed.
         for ttl in (4..=8).rev() {
-            assert_eq!(t.on_event(&dsack(t.probe_seq(ttl, 0), 2_000_000)), Verdict::Matched);
+            assert_eq!(
+                t.on_event(&dsack(t.probe_seq(ttl, 0), 2_000_000)),
+                Verdict::Matched
+            );
         }
         assert_eq!(t.destination_ttl(), Some(4));
         assert!(t.is_complete());
@@ -433,8 +436,14 @@ mod tests {
     fn forged_icmp_with_an_unknown_sequence_is_ignored() {
         let mut t = trace(8, 1);
         // Right addresses and ports (the capture checked them), wrong sequence.
-        assert_eq!(t.on_event(&icmp(12_345, "203.0.113.66", 2)), Verdict::Ignored);
-        assert_eq!(t.on_event(&icmp(10_000, "203.0.113.66", 2)), Verdict::Ignored);
+        assert_eq!(
+            t.on_event(&icmp(12_345, "203.0.113.66", 2)),
+            Verdict::Ignored
+        );
+        assert_eq!(
+            t.on_event(&icmp(10_000, "203.0.113.66", 2)),
+            Verdict::Ignored
+        );
         assert!(t.hops().is_empty());
         // A SACK naming bytes we never probed does not end the trace either.
         assert_eq!(t.on_event(&dsack(20_000, 2)), Verdict::Ignored);
@@ -446,8 +455,14 @@ mod tests {
     fn duplicates_count_once() {
         let mut t = trace(4, 1);
         let seq = t.probe_seq(1, 0);
-        assert_eq!(t.on_event(&icmp(seq, "10.0.0.1", 2_000_000)), Verdict::Matched);
-        assert_eq!(t.on_event(&icmp(seq, "10.0.0.1", 3_000_000)), Verdict::Duplicate);
+        assert_eq!(
+            t.on_event(&icmp(seq, "10.0.0.1", 2_000_000)),
+            Verdict::Matched
+        );
+        assert_eq!(
+            t.on_event(&icmp(seq, "10.0.0.1", 3_000_000)),
+            Verdict::Duplicate
+        );
         assert_eq!(t.hops()[0].received, 1);
     }
 

@@ -6,6 +6,7 @@
 //! - [`engine`]: one trace's state: matching replies, building the hop list.
 //! - [`sender`]: raw sockets that send the probes.
 //! - [`rdns`]: reverse DNS of hop addresses, cached across traces.
+//! - [`shared`]: routers learned by recent traces, shared with the next ones.
 //! - [`tracer`]: [`PathTracer`] implementation tying it all together.
 //! - [`model`]: the result types (the `/trace.json` contract).
 //! - [`PathTracer`]: what the HTTP server asks of the engine.
@@ -16,6 +17,7 @@ pub mod model;
 pub mod probe;
 pub mod rdns;
 pub mod sender;
+pub mod shared;
 pub mod tracer;
 
 use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc};

@@ -25,6 +25,10 @@ pub struct Hop {
     pub nat: bool,
     /// This TTL reached the destination (the peer acknowledged the probe).
     pub destination: bool,
+    /// `addr` comes from other recent traces through the same routers, not
+    /// from a reply to this trace (routers rate-limit their ICMP errors, and
+    /// concurrent traces share the hops near the server).
+    pub cached: bool,
 }
 
 impl Hop {
@@ -39,6 +43,7 @@ impl Hop {
             received: 0,
             nat: false,
             destination: false,
+            cached: false,
         }
     }
 }

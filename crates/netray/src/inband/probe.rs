@@ -72,7 +72,7 @@ impl ProbeTemplate {
         peer_port: u16,
         state: &FlowState,
     ) -> Result<Self, TemplateError> {
-        if state.seen & FlowState::SEEN_PEER == 0 {
+        if state.seen & FlowState::SEEN_PEER == 0 || state.seen & FlowState::PEER_ACKED == 0 {
             return Err(TemplateError::NoPeerSegment);
         }
         if state.seen & FlowState::SEEN_LOCAL == 0 {
@@ -174,10 +174,12 @@ pub fn sack_blocks(options: &[u8]) -> Vec<(u32, u32)> {
     let mut i = 0;
     while i < options.len() {
         match options[i] {
-            0 => break,     // end of options
-            1 => i += 1,    // NOP
+            0 => break,  // end of options
+            1 => i += 1, // NOP
             kind => {
-                let Some(&len) = options.get(i + 1) else { break };
+                let Some(&len) = options.get(i + 1) else {
+                    break;
+                };
                 let len = usize::from(len);
                 if len < 2 || i + len > options.len() {
                     break;
@@ -226,6 +228,7 @@ mod tests {
             local_window: 64,
             local_tos: 0,
             seen: FlowState::SEEN_PEER
+                | FlowState::PEER_ACKED
                 | FlowState::SEEN_LOCAL
                 | FlowState::PEER_TIMESTAMPS
                 | FlowState::LOCAL_TIMESTAMPS,
@@ -327,7 +330,10 @@ mod tests {
         ));
         let mut s = state();
         s.seen &= !FlowState::PEER_TIMESTAMPS;
-        assert_eq!(ProbeTemplate::from_flow(a, b, 1, 2, &s).unwrap().timestamps, None);
+        assert_eq!(
+            ProbeTemplate::from_flow(a, b, 1, 2, &s).unwrap().timestamps,
+            None
+        );
     }
 
     #[test]

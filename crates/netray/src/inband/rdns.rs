@@ -54,7 +54,9 @@ impl ReverseDns {
             return;
         };
         {
-            let Ok(mut cache) = self.cache.lock() else { return };
+            let Ok(mut cache) = self.cache.lock() else {
+                return;
+            };
             match cache.get(&addr) {
                 Some(Entry::Pending) => return,
                 Some(Entry::Done(_, at)) if at.elapsed() < CACHE_TTL => return,
@@ -65,10 +67,13 @@ impl ReverseDns {
         let cache = Arc::clone(&self.cache);
         tokio::spawn(async move {
             let name = resolver.reverse_lookup(addr).await.ok().and_then(|lookup| {
-                lookup.answers().iter().find_map(|record| match &record.data {
-                    RData::PTR(ptr) => Some(ptr.0.to_utf8().trim_end_matches('.').to_string()),
-                    _ => None,
-                })
+                lookup
+                    .answers()
+                    .iter()
+                    .find_map(|record| match &record.data {
+                        RData::PTR(ptr) => Some(ptr.0.to_utf8().trim_end_matches('.').to_string()),
+                        _ => None,
+                    })
             });
             if let Ok(mut cache) = cache.lock() {
                 cache.insert(addr, Entry::Done(name, Instant::now()));

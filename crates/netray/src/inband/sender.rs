@@ -17,7 +17,13 @@ pub struct ProbeSender {
 
 fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL for both families.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
     if fd < 0 {
         let error = io::Error::last_os_error();
         return Err(io::Error::new(

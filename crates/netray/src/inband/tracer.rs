@@ -22,12 +22,13 @@ use tracing::debug;
 
 use super::{
     Connection, PathTracer, TraceError, TracerStats,
-    capture::{Capture, FlowSubscription, flow_key},
+    capture::{Capture, FlowSubscription, addr_from_bytes, flow_key},
     engine::{EngineConfig, Trace, Verdict},
     model::{TraceResult, TraceSnapshot},
     probe::{ProbeTemplate, TemplateError},
     rdns::ReverseDns,
     sender::ProbeSender,
+    shared::SharedHops,
 };
 
 /// Timing and probing knobs of the tracer.
@@ -67,14 +68,19 @@ struct Counters {
 
 type ConnectionKey = (SocketAddr, SocketAddr);
 
+/// A connection's trace: the connection (to notice it closed) and the
+/// trace's updates.
+type TraceEntry = (Weak<Connection>, watch::Receiver<TraceSnapshot>);
+
 struct Inner {
     capture: Arc<Capture>,
     sender: ProbeSender,
     config: TracerConfig,
     rdns: ReverseDns,
+    shared: SharedHops,
     counters: Counters,
     /// One trace per connection; a finished trace stays while its connection lives.
-    traces: Mutex<HashMap<ConnectionKey, (Weak<Connection>, watch::Receiver<TraceSnapshot>)>>,
+    traces: Mutex<HashMap<ConnectionKey, TraceEntry>>,
 }
 
 /// Traces connections in-band with raw-socket probes and the kernel capture.
@@ -93,6 +99,7 @@ impl InbandTracer {
                 sender: ProbeSender::open()?,
                 config,
                 rdns: ReverseDns::from_system(),
+                shared: SharedHops::default(),
                 counters: Counters::default(),
                 traces: Mutex::new(HashMap::new()),
             }),
@@ -222,8 +229,8 @@ async fn wait_for_template(
 ) -> Result<ProbeTemplate, TraceError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let unacked =
-            unacked_packets(&connection.socket).map_err(|e| TraceError::Unsupported(e.to_string()))?;
+        let unacked = unacked_packets(&connection.socket)
+            .map_err(|e| TraceError::Unsupported(e.to_string()))?;
         let state = subscription
             .state()
             .map_err(|e| TraceError::Internal(format!("reading flow state: {e:#}")))?;
@@ -278,8 +285,15 @@ async fn run_trace(
     let mut max_rtt = Duration::ZERO;
     // Collect until the destination is known (or round 1 times out).
     while trace.destination_ttl().is_none() && Instant::now() < round1_deadline {
-        if !next_event(&mut subscription, &mut trace, round1_deadline, &mut max_rtt, inner, tx)
-            .await
+        if !next_event(
+            &mut subscription,
+            &mut trace,
+            round1_deadline,
+            &mut max_rtt,
+            inner,
+            tx,
+        )
+        .await
         {
             break;
         }
@@ -304,7 +318,16 @@ async fn run_trace(
     let grace = (max_rtt * 4).clamp(config.grace_min, config.grace_max);
     let deadline = Instant::now() + grace;
     while !trace.is_complete() && Instant::now() < deadline {
-        if !next_event(&mut subscription, &mut trace, deadline, &mut max_rtt, inner, tx).await {
+        if !next_event(
+            &mut subscription,
+            &mut trace,
+            deadline,
+            &mut max_rtt,
+            inner,
+            tx,
+        )
+        .await
+        {
             break;
         }
     }
@@ -312,6 +335,7 @@ async fn run_trace(
     debug!(peer = %key.1, sent, elapsed = ?started.elapsed(), "trace finished");
 
     let mut hops = trace.final_hops();
+    share(inner, key.1.ip(), &mut hops);
     inner.rdns.fill_known(&mut hops);
     Ok(TraceResult {
         client: key.1,
@@ -321,6 +345,16 @@ async fn run_trace(
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         hops,
     })
+}
+
+/// Exchanges what this trace knows with the other traces: fills this
+/// trace's silent hops that other traces heard (the filled ones then key the
+/// next TTL), and records what this trace heard. Done on every reply, so
+/// concurrent traces see each other's routers within a round trip.
+fn share(inner: &Inner, peer: IpAddr, hops: &mut [super::model::Hop]) {
+    inner.shared.fill(peer, hops);
+    // Cached hops are learned only as keys, never as answers.
+    inner.shared.learn(peer, hops);
 }
 
 fn send_probe(
@@ -354,6 +388,7 @@ async fn next_event(
     let Ok(Some(event)) = tokio::time::timeout(wait, subscription.events.recv()).await else {
         return false;
     };
+    let peer = addr_from_bytes(event.flow.family, event.flow.remote_addr);
     match trace.on_event(&event) {
         Verdict::Matched => {
             inner.counters.matched.fetch_add(1, Relaxed);
@@ -366,6 +401,7 @@ async fn next_event(
                     inner.rdns.lookup_in_background(addr);
                 }
             }
+            share(inner, peer, &mut hops);
             inner.rdns.fill_known(&mut hops);
             tx.send_modify(|s| s.hops = hops);
         }

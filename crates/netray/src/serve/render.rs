@@ -182,6 +182,7 @@ mod tests {
             received: rtts.len() as u32,
             nat: false,
             destination: false,
+            cached: false,
         }
     }
 

@@ -1,0 +1,128 @@
+//! A minimal blocking HTTP/1.1 client for tests and the demo: one request
+//! per connection (`Connection: close`), plus what the client's TCP saw of
+//! that connection (retransmissions, reset), so callers can check that
+//! tracing a connection did not disturb it.
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    time::Duration,
+};
+
+/// A response and the client-side view of its connection.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code (0 if the status line was unreadable).
+    pub status: u16,
+    /// The header block, as text.
+    pub headers: String,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// Segments the client retransmitted on this connection (TCP_INFO).
+    pub client_retransmits: u32,
+    /// The connection ended with a reset instead of a clean close.
+    pub reset: bool,
+}
+
+impl Response {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.headers.lines().find_map(|line| {
+            line.to_ascii_lowercase()
+                .starts_with(&prefix)
+                .then(|| line[prefix.len()..].trim().to_string())
+        })
+    }
+}
+
+/// `GET path` with the given `Accept`, in the calling thread's network
+/// namespace; waits at most `timeout` for the whole response.
+pub fn get(addr: SocketAddr, path: &str, accept: &str, timeout: Duration) -> io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: netray\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let reset = match stream.read_to_end(&mut raw) {
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
+        Err(e) => return Err(e),
+    };
+    let client_retransmits = total_retransmits(&stream)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| io::Error::other("response has no end of headers"))?;
+    let headers = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut response = Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+        client_retransmits,
+        reset,
+    };
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        response.body = dechunk(&response.body);
+    }
+    Ok(response)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        data = &data[line_end + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
+
+fn total_retransmits(stream: &TcpStream) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain data; zeroed is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, out-pointer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_total_retrans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), b"abcde");
+        assert_eq!(dechunk(b"zz\r\n"), b"");
+        assert_eq!(dechunk(b"10\r\nshort"), b"");
+    }
+}
