@@ -192,14 +192,32 @@ fn demo(extra: &[String]) -> Result {
 fn test() -> Result {
     run(cargo().args(["fmt", "--all", "--", "--check"]))
         .map_err(|e| format!("{e} (run `cargo fmt --all`)"))?;
+    // Userspace crates for the host; the eBPF crate for its own target
+    // (it is no_std and only builds for bpfel with nightly's build-std).
     run(cargo().args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "netray-ebpf",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ]))?;
+    run(Command::new("cargo")
+        .current_dir(workspace_root().join("crates/netray-ebpf"))
+        .args([
+            "+nightly",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--bins",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
 
     // Kernel tests need root: run the test binaries through sudo when we are not.
     let mut cmd = cargo();
