@@ -60,7 +60,17 @@ fn drop_removes_everything() -> Result<()> {
     }
     // A background process must not keep a namespace alive.
     let _sleeper = tb.server().spawn(&["sleep", "600"])?;
-    let _leaked = tb.client().command("sleep").arg("600").spawn()?;
+    // Not wrapped in `Spawned`: the namespace's teardown must kill it. No
+    // inherited stdio, so a process escaping that still cannot hold the test
+    // runner's pipes open.
+    let _leaked = tb
+        .client()
+        .command("sleep")
+        .arg("600")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     drop(tb);
     assert_gone(&names)
 }

@@ -343,6 +343,8 @@ fn assert_hop_shape(hop: &Value) {
         keys,
         [
             "addr",
+            // Extension beyond the contract: hop learned from other traces.
+            "cached",
             "destination",
             "hostname",
             "nat",
