@@ -4,6 +4,7 @@
 //! - `cargo xtask demo`:  setup, build, and run the self-contained demo.
 //! - `cargo xtask test`:  setup, then fmt, clippy and the whole test suite,
 //!   kernel tests included; fails if any test was skipped.
+//! - `cargo xtask bench`: setup, then the benchmarks (figures, not pass/fail).
 //!
 //! Setup downloads nothing but crates, Debian packages and the nightly
 //! toolchain's `rust-src` component.
@@ -44,12 +45,13 @@ fn main() -> ExitCode {
         "setup" => setup(),
         "demo" => setup().and_then(|()| demo(&args[1..])),
         "test" => setup().and_then(|()| test()),
+        "bench" => setup().and_then(|()| bench()),
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|demo|test>");
+            println!("usage: cargo xtask <setup|demo|test|bench>");
             return ExitCode::SUCCESS;
         }
         other => Err(format!(
-            "unknown task {other:?}; expected setup, demo or test"
+            "unknown task {other:?}; expected setup, demo, test or bench"
         )),
     };
     match result {
@@ -185,6 +187,16 @@ fn demo(extra: &[String]) -> Result {
         cmd.arg("demo");
     } else {
         cmd.args(extra);
+    }
+    run(&mut cmd)
+}
+
+/// Runs the benchmarks (root needed: they build namespaces and load eBPF).
+fn bench() -> Result {
+    let mut cmd = cargo();
+    cmd.args(["bench", "--package", "netray", "--bench", "inband"]);
+    if !is_root() {
+        cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
     run(&mut cmd)
 }

@@ -26,7 +26,7 @@ const MANY_VISITORS: &[&str] = &[
 
 /// A running `netray serve` inside the testbed's server namespace.
 struct Server {
-    _process: Spawned,
+    process: Spawned,
 }
 
 fn start_server(testbed: &Testbed, extra: &[&str]) -> Server {
@@ -34,7 +34,7 @@ fn start_server(testbed: &Testbed, extra: &[&str]) -> Server {
     let mut args = vec![NETRAY, "serve", "--http", &listen];
     args.extend_from_slice(extra);
     let process = testbed.server().spawn(&args).expect("start netray serve");
-    let server = Server { _process: process };
+    let server = Server { process };
     // Ready when /healthz answers from the client side.
     let addr = SocketAddr::new(testbed.server_addr(Family::V4), PORT);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -375,4 +375,32 @@ fn concurrent_visitors_share_rate_limited_hops() {
         cached > 0,
         "no hop needed sharing: were the rate limits on?"
     );
+}
+
+/// Whether any XDP program is attached in the server namespace.
+fn xdp_attached(testbed: &Testbed) -> bool {
+    let out = testbed
+        .server()
+        .exec(&["ip", "-d", "link", "show"])
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn programs_detach_when_the_server_is_killed() {
+    let testbed = Topology::chain(1).build().expect("testbed");
+    let mut server = start_server(&testbed, &[]);
+    assert!(xdp_attached(&testbed), "serve attached XDP");
+    // SIGKILL: no cleanup code runs; the kernel closing our bpf_link fds
+    // must detach everything by itself.
+    server.process.child().kill().expect("SIGKILL");
+    server.process.child().wait().expect("reap");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while xdp_attached(&testbed) {
+        assert!(
+            Instant::now() < deadline,
+            "XDP still attached after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

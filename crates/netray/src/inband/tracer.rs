@@ -39,7 +39,8 @@ pub struct TracerConfig {
     /// How long to wait for the connection to go idle (nothing in flight)
     /// before giving up.
     pub idle_timeout: Duration,
-    /// Shortest wait for late replies after the last probe.
+    /// Shortest wait for late replies after the last probe (the wait is ten
+    /// times the largest round trip seen, within `grace_min..=grace_max`).
     pub grace_min: Duration,
     /// Longest wait for late replies after the last probe.
     pub grace_max: Duration,
@@ -50,7 +51,7 @@ impl Default for TracerConfig {
         Self {
             engine: EngineConfig::default(),
             idle_timeout: Duration::from_secs(3),
-            grace_min: Duration::from_millis(300),
+            grace_min: Duration::from_millis(30),
             grace_max: Duration::from_millis(1500),
         }
     }
@@ -315,7 +316,9 @@ async fn run_trace(
             }
         }
     }
-    let grace = (max_rtt * 4).clamp(config.grace_min, config.grace_max);
+    // Like traceroute's NEAR wait: once later hops answered within some RTT,
+    // a reply slower than ten times that is not coming.
+    let grace = (max_rtt * 10).clamp(config.grace_min, config.grace_max);
     let deadline = Instant::now() + grace;
     while !trace.is_complete() && Instant::now() < deadline {
         if !next_event(
