@@ -404,3 +404,75 @@ fn programs_detach_when_the_server_is_killed() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `/etc/netns/NAME/`: `ip netns exec NAME` bind-mounts its files over
+/// `/etc`, giving the namespace its own resolv.conf. Removed on drop.
+struct NetnsEtc(std::path::PathBuf);
+
+impl NetnsEtc {
+    fn resolv_conf(netns: &str, content: &str) -> Self {
+        let dir = std::path::Path::new("/etc/netns").join(netns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NAME");
+        std::fs::write(dir.join("resolv.conf"), content).expect("write resolv.conf");
+        Self(dir)
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn hop_names_come_from_reverse_dns() {
+    let testbed = Topology::chain(2).build().expect("testbed");
+    let server_ns = testbed.server().name().to_string();
+    let _etc = NetnsEtc::resolv_conf(&server_ns, "nameserver 127.0.0.1\n");
+    let (dc, isp) = (
+        testbed.router_addr(2, Side::Server, Family::V4),
+        testbed.router_addr(1, Side::Server, Family::V4),
+    );
+    // A real resolver in the server's namespace: host records give PTRs.
+    let pid_file = format!("/tmp/{server_ns}-dnsmasq.pid");
+    let _dns = testbed
+        .server()
+        .spawn(&[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            &format!("--pid-file={pid_file}"),
+            &format!("--host-record=dc.netray.test,{dc}"),
+            &format!("--host-record=isp.netray.test,{isp}"),
+        ])
+        .expect("dnsmasq (Debian package; `cargo xtask setup` installs it)");
+    let _server = start_server(&testbed, &[]);
+    // Lookups never hold a trace back: the first trace starts them, and
+    // names show up as soon as they are known (here: in the next trace).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let names = loop {
+        let result = trace_json(&testbed, Family::V4);
+        let names: Vec<Option<String>> = result["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["hostname"].as_str().map(str::to_string))
+            .collect();
+        if names[..2].iter().all(Option::is_some) || Instant::now() > deadline {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = std::fs::remove_file(&pid_file);
+    assert_eq!(
+        names,
+        vec![
+            Some("dc.netray.test".to_string()),
+            Some("isp.netray.test".to_string()),
+            None, // the client has no record
+        ]
+    );
+}
