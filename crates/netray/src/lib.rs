@@ -7,6 +7,7 @@
 //!   commands use it to choose hooks at run time.
 //! - [`demo`]: `netray demo`, a self-contained run on a simulated path.
 //! - [`inband`]: in-band traceroute (probe engine, capture, result model).
+//! - [`packets`]: packet tracer (capture, filters, output).
 //! - [`privileges`]: which Linux capabilities the process has.
 //! - [`serve`]: the in-band traceroute web server (`netray serve`).
 //! - [`netdev`]: small network-device helpers (interface flags, listing).
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod inband;
 pub mod netdev;
 pub mod objects;
+pub mod packets;
 pub mod privileges;
 pub mod serve;
 pub mod tracefs;
