@@ -25,7 +25,7 @@ use super::{
     capture::{Capture, FlowSubscription, addr_from_bytes, flow_key},
     engine::{EngineConfig, Trace, Verdict},
     model::{TraceResult, TraceSnapshot},
-    probe::{ProbeTemplate, TemplateError},
+    probe::ProbeTemplate,
     rdns::ReverseDns,
     sender::ProbeSender,
     shared::SharedHops,
@@ -237,10 +237,8 @@ async fn wait_for_template(
             .map_err(|e| TraceError::Internal(format!("reading flow state: {e:#}")))?;
         let template =
             ProbeTemplate::from_flow(key.0.ip(), key.1.ip(), key.0.port(), key.1.port(), &state);
-        match template {
-            Ok(template) if unacked == 0 => return Ok(template),
-            Ok(_) | Err(TemplateError::InFlight { .. } | TemplateError::NoPeerSegment) => {}
-            Err(TemplateError::NoLocalSegment) => {}
+        if let (Ok(template), 0) = (&template, unacked) {
+            return Ok(*template);
         }
         if Instant::now() >= deadline {
             let why = match template {
