@@ -449,6 +449,19 @@ fn hop_names_come_from_reverse_dns() {
             &format!("--host-record=isp.netray.test,{isp}"),
         ])
         .expect("dnsmasq (Debian package; `cargo xtask setup` installs it)");
+    // Serve only once the resolver listens, so the first lookups reach it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sockets = testbed
+            .server()
+            .exec(&["ss", "-Hlun", "sport = :53"])
+            .expect("ss");
+        if String::from_utf8_lossy(&sockets.stdout).contains("127.0.0.1:53") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dnsmasq did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _server = start_server(&testbed, &[]);
     // Lookups never hold a trace back: the first trace starts them, and
     // names show up as soon as they are known (here: in the next trace).

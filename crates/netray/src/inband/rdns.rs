@@ -15,8 +15,12 @@ use hickory_resolver::{TokioResolver, proto::rr::RData};
 
 use super::model::Hop;
 
-/// How long an answer (or the lack of one) is kept.
+/// How long a name is kept.
 const CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// How long a failed lookup (no PTR, timeout, no server) is kept: short, so
+/// a transient resolver problem does not hide names for long.
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 enum Entry {
@@ -59,7 +63,16 @@ impl ReverseDns {
             };
             match cache.get(&addr) {
                 Some(Entry::Pending) => return,
-                Some(Entry::Done(_, at)) if at.elapsed() < CACHE_TTL => return,
+                Some(Entry::Done(name, at)) => {
+                    let ttl = if name.is_some() {
+                        CACHE_TTL
+                    } else {
+                        NEGATIVE_TTL
+                    };
+                    if at.elapsed() < ttl {
+                        return;
+                    }
+                }
                 _ => {}
             }
             cache.insert(addr, Entry::Pending);
