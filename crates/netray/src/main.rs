@@ -20,6 +20,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Packet tracer: XDP ingress + TC egress capture with in-kernel filters.
+    Packets(Box<netray::packets::args::PacketsArgs>),
     /// Self-contained demo: a simulated path in network namespaces, traced by `netray serve`.
     Demo,
     /// In-band traceroute server: traces every visitor's path inside their own connection.
@@ -54,6 +56,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", report.to_table());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Packets(args) => {
+            netray::privileges::require("packets", netray::privileges::EBPF_COMMAND)?;
+            let config = args.validate()?;
+            tokio::runtime::Runtime::new()?
+                .block_on(netray::packets::run::run(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {

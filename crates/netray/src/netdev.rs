@@ -36,3 +36,18 @@ pub fn set_up(iface: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The index of interface `iface` in the calling thread's network namespace.
+pub fn index(iface: &str) -> io::Result<u32> {
+    let name = CString::new(iface).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        let error = io::Error::last_os_error();
+        return Err(io::Error::new(
+            error.kind(),
+            format!("interface {iface}: {error}"),
+        ));
+    }
+    Ok(index)
+}

@@ -7,3 +7,8 @@ pub static CHECK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 /// The in-band traceroute capture: XDP `inband_xdp` (ingress ICMP errors and
 /// peer segments) and TC `inband_tc_egress` (our own segments).
 pub static INBAND: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-inband"));
+
+/// The packet tracer capture: XDP `packets_xdp` (ingress) and TC
+/// `packets_tc` (egress), filter interpreter, ring buffer and flow table.
+pub static PACKETS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-packets"));

@@ -3,6 +3,9 @@
 //!
 //! - [`PacketRecord`]: one captured packet as the capture hands it to output.
 
+pub mod capture;
+pub mod filter;
+
 use std::time::SystemTime;
 
 /// Direction a packet was seen in.
@@ -45,3 +48,11 @@ pub struct CaptureCounts {
     /// Matched packets lost because the ring buffer was full.
     pub lost: u64,
 }
+
+pub mod args;
+pub mod decode;
+pub mod flows;
+pub mod json;
+pub mod pcapng;
+pub mod run;
+pub mod text;

@@ -1,0 +1,445 @@
+//! Packet tracer capture (`netray packets`).
+//!
+//! - `packets_xdp` (ingress) and `packets_tc` (TC egress, tcx) parse each
+//!   packet into a summary (Ethernet + up to 2 VLAN tags, IPv4, IPv6 with a
+//!   Fragment header, ARP, TCP/UDP/SCTP ports), run the filter program that
+//!   userspace compiled (`netray::packets::filter`, same instruction layout
+//!   and semantics) and either copy up to the snaplen bytes of a matching
+//!   packet to the ring buffer, or, in flow mode, add it to a per-CPU flow
+//!   table.
+//! - Both only observe: XDP_PASS and TC_ACT_UNSPEC always, malformed
+//!   packets included.
+//!
+//! The layouts here mirror `netray/src/packets/{filter,capture}.rs` (the
+//! userspace tests check the sizes).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    },
+    macros::{classifier, map, xdp},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use netray_ebpf::{Packet, TcPacket, XdpPacket, zero_words};
+
+/// Filter instructions (see `netray::packets::filter`).
+const MAX_INSNS: usize = 64;
+const OP_RET: u8 = 0;
+const FIELDS: usize = 16;
+const F_ETHER: usize = 0;
+const F_VLAN_COUNT: usize = 1;
+const F_VLAN_ID0: usize = 2;
+const F_VLAN_ID1: usize = 3;
+const F_PROTO: usize = 4;
+const F_PORTS: usize = 5;
+const F_SPORT: usize = 6;
+const F_DPORT: usize = 7;
+const F_SRC: usize = 8;
+const F_DST: usize = 12;
+
+/// Largest snaplen: the per-CPU scratch value must stay under the 32 KiB
+/// per-CPU allocation limit.
+const MAX_SNAPLEN: usize = 16384;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    op: u8,
+    field: u8,
+    jt: u8,
+    jf: u8,
+    mask: u32,
+    lo: u32,
+    hi: u32,
+}
+
+#[repr(C)]
+struct RawProgram {
+    len: u32,
+    pad: u32,
+    insns: [Insn; MAX_INSNS],
+}
+
+/// Capture settings, written by userspace before attaching.
+#[repr(C)]
+struct Config {
+    /// Bytes to copy per packet (clamped to MAX_SNAPLEN).
+    snaplen: u32,
+    /// Nonzero: aggregate flows in PACKETS_FLOWS, no per-packet records.
+    flows: u32,
+}
+
+/// Header of each ring-buffer record; the captured bytes follow.
+#[repr(C)]
+struct RecordHeader {
+    timestamp_ns: u64,
+    ifindex: u32,
+    wire_len: u32,
+    cap_len: u32,
+    /// 0: ingress (XDP), 1: egress (TC).
+    direction: u32,
+}
+
+#[repr(C)]
+struct FlowKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    ethertype: u16,
+    proto: u8,
+    family: u8,
+}
+
+#[repr(C)]
+struct FlowValue {
+    packets: u64,
+    bytes: u64,
+}
+
+/// Per-CPU working memory: the summary the filter reads (variable-index
+/// access needs map memory), the flow key, and the record being built (too
+/// large for the 512-byte stack).
+#[repr(C)]
+struct Scratch {
+    fields: [u32; FIELDS],
+    key: FlowKey,
+    header: RecordHeader,
+    data: [u8; MAX_SNAPLEN],
+}
+
+const STAT_SEEN: u32 = 0;
+const STAT_MATCHED: u32 = 1;
+const STAT_DELIVERED: u32 = 2;
+const STAT_LOST: u32 = 3;
+
+#[map]
+static PACKETS_FILTER: Array<RawProgram> = Array::with_max_entries(1, 0);
+
+#[map]
+static PACKETS_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per-packet records (variable length: header + captured bytes).
+#[map]
+static PACKETS_EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Slot 0: XDP, slot 1: TC.
+#[map]
+static PACKETS_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
+
+/// seen, matched, delivered, lost.
+#[map]
+static PACKETS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+
+/// Flow mode: packets and bytes per 5-tuple, per CPU. Not preallocated:
+/// a preallocated per-CPU table costs entries x CPUs x value size up front
+/// (hundreds of MiB on large machines), even when flow mode is off.
+#[map]
+static PACKETS_FLOWS: PerCpuHashMap<FlowKey, FlowValue> =
+    PerCpuHashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(slot) = PACKETS_STATS.get_ptr_mut(stat) {
+        // SAFETY: this CPU's slot; programs do not preempt each other on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u32 {
+    u32::from(u16::from_be_bytes(b))
+}
+
+/// Fills `f` from the packet, exactly as `Summary::parse` does in userspace.
+#[inline(always)]
+fn summarize<P: Packet>(pkt: &P, f: &mut [u32; FIELDS]) {
+    // SAFETY: 64 bytes at the start of an 8-aligned map value.
+    unsafe { zero_words(f.as_mut_ptr().cast::<u64>(), FIELDS / 2) };
+    let Some(eth) = pkt.bytes::<14>(0) else {
+        return;
+    };
+    let mut ethertype = be16([eth[12], eth[13]]);
+    let mut off = 14usize;
+    let mut vlans = 0u32;
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 && ethertype != 0x9100 {
+            break;
+        }
+        let Some(tag) = pkt.bytes::<4>(off) else {
+            break;
+        };
+        let id = be16([tag[0], tag[1]]) & 0xfff;
+        if vlans == 0 {
+            f[F_VLAN_ID0] = id;
+        } else {
+            f[F_VLAN_ID1] = id;
+        }
+        ethertype = be16([tag[2], tag[3]]);
+        off += 4;
+        vlans += 1;
+    }
+    f[F_ETHER] = (vlans << 16) | ethertype;
+    f[F_VLAN_COUNT] = vlans;
+    match ethertype {
+        0x0800 => {
+            let Some(h) = pkt.bytes::<20>(off) else {
+                return;
+            };
+            let proto = h[9];
+            f[F_PROTO] = u32::from(proto);
+            f[F_SRC] = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+            f[F_DST] = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            let first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
+            if (proto == 6 || proto == 17 || proto == 132) && first {
+                ports(pkt, off + ihl, f);
+            }
+        }
+        0x86dd => {
+            let Some(h) = pkt.bytes::<40>(off) else {
+                return;
+            };
+            let next = h[6];
+            let mut proto = next;
+            if next == 44 {
+                // Two bytes: 1-byte XDP bounds checks teach the verifier
+                // nothing (see netray_ebpf::read_tcp_options).
+                if let Some(frag) = pkt.bytes::<2>(off + 40) {
+                    proto = frag[0];
+                }
+            }
+            f[F_PROTO] = u32::from(proto);
+            for w in 0..4 {
+                let s = 8 + 4 * w;
+                let d = 24 + 4 * w;
+                f[F_SRC + w] = u32::from_be_bytes([h[s], h[s + 1], h[s + 2], h[s + 3]]);
+                f[F_DST + w] = u32::from_be_bytes([h[d], h[d + 1], h[d + 2], h[d + 3]]);
+            }
+            if next == 6 || next == 17 || next == 132 {
+                ports(pkt, off + 40, f);
+            }
+        }
+        0x0806 | 0x8035 => {
+            if let (Some(s), Some(d)) = (pkt.bytes::<4>(off + 14), pkt.bytes::<4>(off + 24)) {
+                f[F_SRC] = u32::from_be_bytes(s);
+                f[F_DST] = u32::from_be_bytes(d);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn ports<P: Packet>(pkt: &P, off: usize, f: &mut [u32; FIELDS]) {
+    if let Some(p) = pkt.bytes::<4>(off) {
+        f[F_PORTS] = 1;
+        f[F_SPORT] = be16([p[0], p[1]]);
+        f[F_DPORT] = be16([p[2], p[3]]);
+    }
+}
+
+/// Runs the filter program on the summary. Forward jumps only, and at most
+/// MAX_INSNS steps: the verifier sees a bounded loop.
+#[inline(always)]
+fn filter(fields: &[u32; FIELDS]) -> bool {
+    let Some(program) = PACKETS_FILTER.get(0) else {
+        return false;
+    };
+    let mut pc = 0usize;
+    for _ in 0..MAX_INSNS {
+        let Some(insn) = program.insns.get(pc) else {
+            return false;
+        };
+        if insn.op == OP_RET {
+            return insn.lo != 0;
+        }
+        let Some(&value) = fields.get(usize::from(insn.field)) else {
+            return false;
+        };
+        let value = value & insn.mask;
+        let skip = if insn.lo <= value && value <= insn.hi {
+            insn.jt
+        } else {
+            insn.jf
+        };
+        pc += 1 + usize::from(skip);
+    }
+    false
+}
+
+/// Adds the packet to its flow (flow mode).
+#[inline(always)]
+fn account_flow(scratch: &mut Scratch, wire_len: u32) {
+    let f = &scratch.fields;
+    let ethertype = (f[F_ETHER] & 0xffff) as u16;
+    let key = &mut scratch.key;
+    key.family = match ethertype {
+        0x0800 => 4,
+        0x86dd => 6,
+        _ => 0,
+    };
+    for w in 0..4 {
+        let s = f[F_SRC + w].to_be_bytes();
+        let d = f[F_DST + w].to_be_bytes();
+        for k in 0..4 {
+            key.src[4 * w + k] = s[k];
+            key.dst[4 * w + k] = d[k];
+        }
+    }
+    key.sport = f[F_SPORT] as u16;
+    key.dport = f[F_DPORT] as u16;
+    key.ethertype = ethertype;
+    key.proto = f[F_PROTO] as u8;
+    let key = &scratch.key;
+    if let Some(value) = PACKETS_FLOWS.get_ptr_mut(key) {
+        // SAFETY: this CPU's copy of the element.
+        unsafe {
+            (*value).packets += 1;
+            (*value).bytes += u64::from(wire_len);
+        }
+        count(STAT_DELIVERED);
+        return;
+    }
+    let value = FlowValue {
+        packets: 1,
+        bytes: u64::from(wire_len),
+    };
+    if PACKETS_FLOWS
+        .insert(key, &value, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        count(STAT_DELIVERED);
+    } else {
+        // Table full (or a racing insert of the same key on this CPU,
+        // which cannot happen): counted, never silent.
+        count(STAT_LOST);
+    }
+}
+
+/// Everything but the copy of the bytes, common to both hooks. Returns the
+/// scratch slot and the length to copy when a record is to be sent.
+#[inline(always)]
+fn handle<P: Packet>(
+    pkt: &P,
+    slot: u32,
+    ifindex: u32,
+    direction: u32,
+) -> Option<(*mut Scratch, usize)> {
+    count(STAT_SEEN);
+    let scratch = PACKETS_SCRATCH.get_ptr_mut(slot)?;
+    // SAFETY: this CPU's slot, used by one program only; programs of one
+    // hook do not nest on a CPU.
+    let s = unsafe { &mut *scratch };
+    summarize(pkt, &mut s.fields);
+    if !filter(&s.fields) {
+        return None;
+    }
+    count(STAT_MATCHED);
+    let config = PACKETS_CONFIG.get(0)?;
+    let wire_len = pkt.total_len() as u32;
+    if config.flows != 0 {
+        account_flow(s, wire_len);
+        return None;
+    }
+    let mut cap = wire_len as usize;
+    if cap > config.snaplen as usize {
+        cap = config.snaplen as usize;
+    }
+    if cap > MAX_SNAPLEN {
+        cap = MAX_SNAPLEN;
+    }
+    // SAFETY: a helper without arguments.
+    s.header.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    s.header.ifindex = ifindex;
+    s.header.wire_len = wire_len;
+    s.header.cap_len = cap as u32;
+    s.header.direction = direction;
+    Some((scratch, cap))
+}
+
+/// Sends the header and the first `cap` bytes of `data` as one record.
+#[inline(always)]
+fn send(scratch: *mut Scratch, cap: usize) {
+    let len = size_of::<RecordHeader>() + cap;
+    if len > size_of::<RecordHeader>() + MAX_SNAPLEN {
+        return;
+    }
+    // SAFETY: header and data are contiguous in the map value (repr(C), the
+    // header's size is a multiple of 8) and `len` stays inside them.
+    let record =
+        unsafe { core::slice::from_raw_parts((&raw const (*scratch).header).cast::<u8>(), len) };
+    if PACKETS_EVENTS.output::<[u8]>(record, 0).is_ok() {
+        count(STAT_DELIVERED);
+    } else {
+        count(STAT_LOST);
+    }
+}
+
+#[xdp]
+pub fn packets_xdp(ctx: XdpContext) -> u32 {
+    let pkt = XdpPacket::new(&ctx);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    if let Some((scratch, cap)) = handle(&pkt, 0, ifindex, 0) {
+        let copied = cap == 0
+            || (cap <= MAX_SNAPLEN
+                // SAFETY: `data` has room for MAX_SNAPLEN bytes >= cap.
+                && unsafe {
+                    bpf_xdp_load_bytes(
+                        ctx.ctx,
+                        0,
+                        (&raw mut (*scratch).data).cast(),
+                        cap as u32,
+                    )
+                } == 0);
+        if copied {
+            send(scratch, cap);
+        } else {
+            count(STAT_LOST);
+        }
+    }
+    // Observe only: the stack always gets the packet.
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn packets_tc(ctx: TcContext) -> i32 {
+    let pkt = TcPacket::new(&ctx);
+    // SAFETY: reading a field of the context the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some((scratch, cap)) = handle(&pkt, 1, ifindex, 1) {
+        let copied = cap == 0
+            || (cap <= MAX_SNAPLEN
+                // SAFETY: as in packets_xdp.
+                && unsafe {
+                    bpf_skb_load_bytes(
+                        ctx.skb.skb.cast(),
+                        0,
+                        (&raw mut (*scratch).data).cast(),
+                        cap as u32,
+                    )
+                } == 0);
+        if copied {
+            send(scratch, cap);
+        } else {
+            count(STAT_LOST);
+        }
+    }
+    // UNSPEC: with tcx, "continue with the next program"; never drop/alter.
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
