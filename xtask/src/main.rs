@@ -191,10 +191,19 @@ fn demo(extra: &[String]) -> Result {
     run(&mut cmd)
 }
 
-/// Runs the benchmarks (root needed: they build namespaces and load eBPF).
+/// Runs the benchmarks (root needed: they build namespaces and load eBPF):
+/// the in-band traceroute one, then the `netray packets` one.
 fn bench() -> Result {
     let mut cmd = cargo();
-    cmd.args(["bench", "--package", "netray", "--bench", "inband"]);
+    cmd.args([
+        "bench",
+        "--package",
+        "netray",
+        "--bench",
+        "inband",
+        "--bench",
+        "packets",
+    ]);
     if !is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }

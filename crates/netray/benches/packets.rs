@@ -1,0 +1,753 @@
+//! `netray packets` benchmark (not a test: it prints figures, asserts
+//! nothing about speed). Run as root: `cargo xtask bench`, or
+//! `cargo bench -p netray --bench packets`.
+//!
+//! On one veth link between a client and a server namespace (testbed
+//! `Topology::chain(0)`), with iperf3 as the traffic generator
+//! (client → server), side by side in one run:
+//! 1. throughput with `netray packets` attached to the server's interface
+//!    (XDP ingress + TC egress, a filter that matches nothing, output to
+//!    /dev/null) vs no tracer: iperf3 TCP and iperf3 UDP with 64-byte
+//!    payloads at maximum rate; rounds alternate tracer off / on so that
+//!    drift of the VM affects both equally, and the median is reported;
+//! 2. per-packet cost of the XDP and TC programs from the kernel's BPF
+//!    run-time statistics (`kernel.bpf_stats_enabled`, on only for this
+//!    part so that its clock reads do not tax part 1);
+//! 3. capture to a file: `netray packets -w` vs `tcpdump -w`, one after the
+//!    other on the same iperf3 load (UDP 64 B at maximum rate, then at a
+//!    fixed 50 k datagrams/s that both should sustain): packets on the wire
+//!    (server interface counters), each tool's own accounting, packets in
+//!    the file (capinfos), and CPU time of each capture process.
+//!
+//! Everything is cleaned up on exit and on panic: namespaces by the
+//! testbed's Drop, child processes by `Spawned`'s Drop, the sysctl by
+//! `BpfStats`'s Drop, the capture files by `ScratchDir`'s Drop.
+
+use std::{
+    collections::BTreeSet,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netray_testbed::{Family, Netns, Side, Spawned, Testbed, Topology};
+use serde_json::Value;
+
+const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+/// Seconds of traffic per iperf3 run.
+const SECS: u64 = 3;
+/// Alternating off/on rounds per load in part 1.
+const ROUNDS: usize = 3;
+/// Program names in crates/netray-ebpf/src/packets.rs.
+const XDP_PROG: &str = "packets_xdp";
+const TC_PROG: &str = "packets_tc";
+/// A filter no benchmark packet matches: the programs parse and test every
+/// packet, but nothing goes to the ring buffer or user space.
+const NO_MATCH: &str = "udp port 9999";
+const IPERF_PORT: &str = "5201";
+
+/// The iperf3 loads, client → server.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// One TCP stream, default settings (large segments, GSO/GRO).
+    Tcp,
+    /// UDP with 64-byte payloads, unlimited rate (`-u -b 0 -l 64`): the
+    /// highest packet rate iperf3 can generate, i.e. per-packet cost.
+    Udp64,
+    /// The same at a fixed rate, in datagrams per second.
+    Udp64At(u64),
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Tcp => "TCP",
+            Load::Udp64 | Load::Udp64At(_) => "UDP 64 B",
+        }
+    }
+}
+
+/// What the iperf3 client reports (the receiver's side for throughput).
+#[derive(Clone, Copy, Default)]
+struct Traffic {
+    /// Goodput received by the server.
+    gbps: f64,
+    /// UDP only: datagrams sent by the client and received by the server.
+    sent: u64,
+    received: u64,
+    secs: f64,
+}
+
+impl Traffic {
+    fn received_pps(&self) -> f64 {
+        self.received as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// Runs one iperf3 test from the client to the server (whose `iperf3 -s`
+/// must be running) and parses its JSON report.
+fn iperf(testbed: &Testbed, load: Load, secs: u64) -> Result<Traffic, String> {
+    let server = testbed.server_addr(Family::V4).to_string();
+    let secs = secs.to_string();
+    let mut args = vec!["iperf3", "-c", &server, "-p", IPERF_PORT, "-t", &secs, "-J"];
+    // iperf3's -b counts payload bits.
+    let rate = match load {
+        Load::Tcp => None,
+        Load::Udp64 => Some("0".to_string()),
+        Load::Udp64At(pps) => Some((pps * 64 * 8).to_string()),
+    };
+    if let Some(rate) = &rate {
+        args.extend(["-u", "-b", rate, "-l", "64"]);
+    }
+    let out = testbed
+        .client()
+        .exec(&args)
+        .map_err(|e| format!("iperf3: {e:#}"))?;
+    let report: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 JSON: {e}"))?;
+    let end = &report["end"];
+    let received = &end["sum_received"];
+    let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let mut traffic = Traffic {
+        gbps: num(&received["bits_per_second"]) / 1e9,
+        secs: num(&received["seconds"]),
+        ..Traffic::default()
+    };
+    if load != Load::Tcp {
+        // UDP: the receiver counts datagrams by sequence number; received =
+        // sent - lost (lost includes drops in the server's socket buffer).
+        traffic.sent = num(&end["sum_sent"]["packets"]) as u64;
+        traffic.received = (num(&received["packets"]) - num(&received["lost_packets"])) as u64;
+    }
+    Ok(traffic)
+}
+
+/// Starts `iperf3 -s` in the server namespace and waits until it listens.
+fn start_iperf_server(testbed: &Testbed) -> Spawned {
+    let child = testbed
+        .server()
+        .command("iperf3")
+        .args(["-s", "-p", IPERF_PORT])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 (Debian package)");
+    let server = Spawned::from(child);
+    let filter = format!("sport = :{IPERF_PORT}");
+    wait_for("iperf3 -s to listen", || {
+        testbed
+            .server()
+            .exec(&["ss", "-Hltn", &filter])
+            .is_ok_and(|o| !o.stdout.is_empty())
+    });
+    server
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A capture process (netray or tcpdump) in the server namespace, started
+/// with stdout to /dev/null and stderr piped (both print their accounting
+/// there on exit).
+fn spawn_capture(ns: &Netns, program: &str, args: &[&str]) -> Spawned {
+    let child = ns
+        .command(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+    Spawned::from(child)
+}
+
+/// How a capture process ended.
+struct Stopped {
+    stderr: String,
+    /// utime + stime of the whole process (all threads), seconds.
+    cpu_secs: f64,
+}
+
+/// Stops a capture process with SIGINT (both tools then flush their
+/// output and print their accounting), waits for it to exit, and reads its
+/// CPU time from /proc/PID/stat while it is a zombie, i.e. after its last
+/// instruction but before it is reaped.
+fn stop(mut process: Spawned) -> Stopped {
+    let pid = process.id();
+    let pid_t = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: `pid` is our own unreaped child (reaped only below), so the
+    // signal cannot reach a recycled pid.
+    unsafe { libc::kill(pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // WNOWAIT leaves the child a zombie so that /proc/PID/stat still
+        // holds its final CPU times.
+        // SAFETY: `info` is a valid, writable siginfo_t.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid filled `info` (si_pid stays 0 while the child runs).
+        if rc != 0 || unsafe { info.si_pid() } != 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("warning: pid {pid} ignored SIGINT; killing it (its accounting is lost)");
+            let _ = process.child().kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cpu_secs = cpu_secs(pid);
+    let _ = process.child().wait();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = process.child().stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    Stopped { stderr, cpu_secs }
+}
+
+/// utime + stime (fields 14 and 15 of /proc/PID/stat), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, so utime (14) is index 11 here.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
+/// "N packets captured" / "N packets dropped by kernel" from the
+/// accounting both netray and tcpdump print on stderr.
+fn stat_line(stderr: &str, suffix: &str) -> Option<u64> {
+    stderr
+        .lines()
+        .find_map(|line| line.trim().strip_suffix(suffix)?.trim().parse().ok())
+}
+
+/// Interface counters of `iface` as seen inside `ns` (`ip -s -j link`).
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    rx_packets: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+}
+
+impl Counters {
+    fn read(ns: &Netns, iface: &str) -> Counters {
+        let out = ns
+            .exec(&["ip", "-s", "-j", "link", "show", "dev", iface])
+            .expect("ip -s link");
+        let links: Value = serde_json::from_slice(&out.stdout).expect("ip JSON");
+        let stats = &links[0]["stats64"];
+        let get = |dir: &str, what: &str| stats[dir][what].as_u64().unwrap_or(0);
+        Counters {
+            rx_packets: get("rx", "packets"),
+            rx_bytes: get("rx", "bytes"),
+            tx_packets: get("tx", "packets"),
+        }
+    }
+
+    fn since(self, before: Counters) -> Counters {
+        Counters {
+            rx_packets: self.rx_packets - before.rx_packets,
+            rx_bytes: self.rx_bytes - before.rx_bytes,
+            tx_packets: self.tx_packets - before.tx_packets,
+        }
+    }
+}
+
+/// Restores `kernel.bpf_stats_enabled` when dropped, also while unwinding
+/// from a panic.
+struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let previous =
+            std::fs::read_to_string(BPF_STATS).expect("reading kernel.bpf_stats_enabled");
+        std::fs::write(BPF_STATS, "1\n").expect("enabling kernel.bpf_stats_enabled");
+        BpfStats { previous }
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS, &self.previous) {
+            eprintln!("warning: could not restore kernel.bpf_stats_enabled: {e}");
+        }
+    }
+}
+
+/// The XDP and TC programs of one running `netray packets`.
+struct Programs {
+    xdp: u64,
+    tc: Option<u64>,
+}
+
+/// Finds the programs of the netray instance attached to `iface` in `ns`:
+/// the XDP program from the interface's attachment (`bpftool net`, run in
+/// the namespace), then the TC program loaded from the same object, i.e.
+/// named `packets_tc` and sharing the XDP program's maps. This stays exact
+/// even if other netray instances run on the machine.
+fn find_programs(ns: &Netns, iface: &str) -> Option<Programs> {
+    let net = ns
+        .exec(&["bpftool", "net", "show", "dev", iface, "--json"])
+        .ok()?;
+    let net: Value = serde_json::from_slice(&net.stdout).ok()?;
+    let xdp = net[0]["xdp"]
+        .as_array()?
+        .iter()
+        .find_map(|a| a["id"].as_u64())?;
+    let progs = all_programs();
+    let maps = |p: &Value| -> BTreeSet<u64> {
+        p["map_ids"]
+            .as_array()
+            .map(|m| m.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default()
+    };
+    let xdp_prog = progs.iter().find(|p| p["id"].as_u64() == Some(xdp))?;
+    if xdp_prog["name"] != XDP_PROG {
+        return None;
+    }
+    let xdp_maps = maps(xdp_prog);
+    let tc = progs
+        .iter()
+        .find(|p| p["name"] == TC_PROG && maps(p) == xdp_maps)
+        .and_then(|p| p["id"].as_u64());
+    Some(Programs { xdp, tc })
+}
+
+fn all_programs() -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool (Debian package)");
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// (run_time_ns, run_cnt) of program `id`; zeros unless bpf_stats_enabled.
+fn run_stats(id: u64) -> (u64, u64) {
+    all_programs()
+        .iter()
+        .find(|p| p["id"].as_u64() == Some(id))
+        .map_or((0, 0), |p| {
+            (
+                p["run_time_ns"].as_u64().unwrap_or(0),
+                p["run_cnt"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// `netray packets -i IFACE --duration D <non-matching filter>` in the
+/// server namespace, once its programs are attached. `--duration` is only
+/// a safety net: the benchmark stops it with SIGINT after the traffic.
+fn start_tracer(testbed: &Testbed, iface: &str) -> (Spawned, Programs) {
+    let filter: Vec<&str> = NO_MATCH.split(' ').collect();
+    let mut args = vec!["packets", "-i", iface, "--duration", "120"];
+    args.extend(filter);
+    let mut process = spawn_capture(testbed.server(), NETRAY, &args);
+    let mut programs = None;
+    wait_for("netray packets to attach", || {
+        if let Ok(Some(status)) = process.child().try_wait() {
+            panic!("netray packets exited early: {status}");
+        }
+        programs = find_programs(testbed.server(), iface).filter(|p| p.tc.is_some());
+        programs.is_some()
+    });
+    // Both hooks are attached in one PacketCapture::attach call; give it a
+    // moment to finish the TC attachment after the XDP one appeared.
+    std::thread::sleep(Duration::from_millis(200));
+    (process, programs.expect("programs"))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One iperf3 run of part 1.
+struct Run {
+    traffic: Traffic,
+    /// Server interface counters over the run.
+    wire: Counters,
+    /// netray's "packets seen by the capture programs" and its process CPU
+    /// time (traced runs only).
+    seen: Option<u64>,
+    cpu_secs: f64,
+}
+
+/// Part 1: alternating rounds without and with the tracer.
+fn throughput(testbed: &Testbed, iface: &str, load: Load) {
+    let (mut off, mut on): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
+    let mut failures = Vec::new();
+    for round in 0..ROUNDS {
+        // Alternate which configuration goes first in each round.
+        for traced in [round % 2 == 1, round % 2 == 0] {
+            let tracer = traced.then(|| start_tracer(testbed, iface));
+            let before = Counters::read(testbed.server(), iface);
+            let result = iperf(testbed, load, SECS);
+            let wire = Counters::read(testbed.server(), iface).since(before);
+            let stopped = tracer.map(|(process, _)| stop(process));
+            let seen = stopped
+                .as_ref()
+                .and_then(|s| stat_line(&s.stderr, "packets seen by the capture programs"));
+            let cpu_secs = stopped.map_or(0.0, |s| s.cpu_secs);
+            match result {
+                Ok(traffic) => {
+                    let run = Run {
+                        traffic,
+                        wire,
+                        seen,
+                        cpu_secs,
+                    };
+                    if traced { on.push(run) } else { off.push(run) }
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    println!(
+        "{} ({SECS} s per run; median of {}/{ROUNDS} runs without, {}/{ROUNDS} with netray):",
+        load.name(),
+        off.len(),
+        on.len(),
+    );
+    // "median  (run run run)" of one figure.
+    let summary = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
+        let values: Vec<f64> = runs.iter().map(f).collect();
+        let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        (median(values), each.join(" "))
+    };
+    // Goodput in Gbit/s for TCP, Mbit/s for the small UDP datagrams.
+    let (unit, scale) = match load {
+        Load::Tcp => ("Gbit/s", 1.0),
+        _ => ("Mbit/s", 1e3),
+    };
+    let rate = |r: &Run| r.traffic.gbps * scale;
+    let (g_off, each_off) = summary(&off, &rate);
+    let (g_on, each_on) = summary(&on, &rate);
+    println!("  no tracer      {g_off:7.2} {unit}  (runs: {each_off})");
+    println!(
+        "  netray packets {g_on:7.2} {unit}  (runs: {each_on})  ratio {:.3}",
+        g_on / g_off
+    );
+    if load == Load::Udp64 {
+        let kpps = |r: &Run| r.traffic.received_pps() / 1e3;
+        let (p_off, each_off) = summary(&off, &kpps);
+        let (p_on, each_on) = summary(&on, &kpps);
+        println!("  no tracer      {p_off:7.1} k datagrams/s received  (runs: {each_off})");
+        println!(
+            "  netray packets {p_on:7.1} k datagrams/s received  (runs: {each_on})  ratio {:.3}",
+            p_on / p_off
+        );
+        // Datagrams iperf3 sent that its server never read: drops in the
+        // server's socket buffer (the filter matches nothing, so netray
+        // drops nothing itself).
+        let loss = |runs: &[Run]| {
+            let (s, r) = runs.iter().fold((0, 0), |(s, r), run| {
+                (s + run.traffic.sent, r + run.traffic.received)
+            });
+            100.0 * s.saturating_sub(r) as f64 / s.max(1) as f64
+        };
+        println!(
+            "  sent but not received by iperf3: {:.1}% without, {:.1}% with netray",
+            loss(&off),
+            loss(&on)
+        );
+    }
+    // The server's rx counters count skbs: with GSO one skb carries many TCP
+    // segments, so the mean size shows whether the tracer changed that
+    // (a veth with an XDP program that does not support fragments turns
+    // off GSO on its peer, so TCP then crosses the link in MTU-sized
+    // packets).
+    let mean_size = |runs: &[Run]| {
+        let (bytes, packets) = runs.iter().fold((0, 0), |(b, p), r| {
+            (b + r.wire.rx_bytes, p + r.wire.rx_packets)
+        });
+        (packets / runs.len().max(1) as u64, bytes / packets.max(1))
+    };
+    let ((n_off, size_off), (n_on, size_on)) = (mean_size(&off), mean_size(&on));
+    if load == Load::Tcp {
+        println!(
+            "  server {iface} rx per run: {n_off} packets of {size_off} B mean without, {n_on} of {size_on} B with netray"
+        );
+    }
+    let seen: Vec<String> = on
+        .iter()
+        .map(|r| r.seen.map_or("?".into(), |s| s.to_string()))
+        .collect();
+    println!(
+        "  packets seen by netray's programs per traced run (both hooks): {}",
+        seen.join(" ")
+    );
+    // The programs run in softirq context, charged to whichever task was
+    // interrupted, not to netray: its own CPU time here is loading and
+    // attaching the programs plus an idle event loop (nothing matches).
+    let cpu: Vec<String> = on.iter().map(|r| format!("{:.2}", r.cpu_secs)).collect();
+    println!(
+        "  netray process CPU (utime+stime) per traced run: {} s",
+        cpu.join(" ")
+    );
+    for failure in failures {
+        println!("  FAILED run: {failure}");
+    }
+}
+
+/// Part 2: run_time_ns / run_cnt of netray's programs under each load.
+fn program_cost(testbed: &Testbed, iface: &str) {
+    let _stats = BpfStats::enable();
+    for load in [Load::Tcp, Load::Udp64] {
+        let (process, programs) = start_tracer(testbed, iface);
+        let before = [
+            run_stats(programs.xdp),
+            programs.tc.map_or((0, 0), run_stats),
+        ];
+        let result = iperf(testbed, load, SECS);
+        let after = [
+            run_stats(programs.xdp),
+            programs.tc.map_or((0, 0), run_stats),
+        ];
+        drop(stop(process));
+        if let Err(e) = result {
+            println!("  {}: FAILED run: {e}", load.name());
+            continue;
+        }
+        for (i, hook) in ["XDP ingress (packets_xdp)", "TC egress  (packets_tc) "]
+            .iter()
+            .enumerate()
+        {
+            let ns = after[i].0 - before[i].0;
+            let cnt = after[i].1 - before[i].1;
+            if cnt == 0 {
+                println!("  {:9} {hook}: no runs", load.name());
+            } else {
+                // A handful of runs (UDP's egress is only iperf3's control
+                // connection) run with cold caches: not representative.
+                let note = if cnt < 1000 {
+                    " (too few to be representative)"
+                } else {
+                    ""
+                };
+                println!(
+                    "  {:9} {hook}: {:6.1} ns/packet over {cnt} packets{note}",
+                    load.name(),
+                    ns as f64 / cnt as f64
+                );
+            }
+        }
+    }
+}
+
+/// One capture-to-file run of part 3.
+struct CaptureRun {
+    /// Datagrams iperf3's client sent.
+    sent: u64,
+    /// Packets the server's interface received + sent meanwhile: what a
+    /// capture on it can see (both directions, iperf3's control connection
+    /// included).
+    on_wire: u64,
+    /// The tool's own accounting on stderr.
+    captured: Option<u64>,
+    by_filter: Option<u64>,
+    dropped: Option<u64>,
+    /// Packets in the written file (capinfos).
+    in_file: Option<u64>,
+    cpu_secs: f64,
+    file_bytes: u64,
+}
+
+fn capture_run(testbed: &Testbed, iface: &str, tool: &str, load: Load, file: &Path) -> CaptureRun {
+    let _ = std::fs::remove_file(file);
+    let path = file.to_str().expect("UTF-8 path");
+    let process = if tool == "netray" {
+        // Defaults: no filter, snaplen 262144, both directions.
+        spawn_capture(
+            testbed.server(),
+            NETRAY,
+            &["packets", "-i", iface, "-w", path, "--duration", "120"],
+        )
+    } else {
+        // Defaults: snaplen 262144, 2 MiB buffer; -Z root so that it can
+        // still write into our root-owned directory after dropping
+        // privileges.
+        spawn_capture(
+            testbed.server(),
+            "tcpdump",
+            &["-i", iface, "-w", path, "-Z", "root"],
+        )
+    };
+    // Both tools create the file once the capture is set up (netray after
+    // attaching its programs, tcpdump after activating the pcap handle).
+    wait_for(tool, || file.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = Counters::read(testbed.server(), iface);
+    let traffic = iperf(testbed, load, SECS);
+    // Let the capture drain what is in flight before stopping it: longer
+    // than tcpdump's 1 s buffer timeout, after which the kernel hands over
+    // a partly filled TPACKET_V3 block (tcpdump exits on SIGINT without
+    // reading a block still being filled).
+    std::thread::sleep(Duration::from_millis(1500));
+    let wire = Counters::read(testbed.server(), iface).since(before);
+    let stopped = stop(process);
+    // `capinfos -c -M -T`: a header line, then "file<TAB>count".
+    let in_file = Command::new("capinfos")
+        .args(["-c", "-M", "-T", "-r", path])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()?
+                .split('\t')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        });
+    if let Err(e) = &traffic {
+        println!("  {tool}: iperf3 FAILED: {e}");
+    }
+    let run = CaptureRun {
+        sent: traffic.map_or(0, |t| t.sent),
+        on_wire: wire.rx_packets + wire.tx_packets,
+        captured: stat_line(&stopped.stderr, "packets captured"),
+        by_filter: stat_line(&stopped.stderr, "packets received by filter"),
+        dropped: stat_line(&stopped.stderr, "packets dropped by kernel"),
+        in_file,
+        cpu_secs: stopped.cpu_secs,
+        file_bytes: std::fs::metadata(file).map_or(0, |m| m.len()),
+    };
+    let _ = std::fs::remove_file(file);
+    run
+}
+
+/// Part 3: netray -w vs tcpdump -w, one after the other on the same load,
+/// at iperf3's maximum rate and at a fixed rate both should sustain (at
+/// the maximum rate the capture competes with iperf3 for the 2 CPUs, so
+/// the offered load differs between the tools; at the fixed rate it is the
+/// same, which makes the CPU figures comparable).
+fn capture_to_file(testbed: &Testbed, iface: &str, dir: &Path) {
+    let opt = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+    println!(
+        "  {:26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8} {:>7}",
+        "load / tool",
+        "sent",
+        "on wire",
+        "wire/s",
+        "by filt",
+        "captured",
+        "dropped",
+        "in file",
+        "file/wire",
+        "CPU s",
+        "CPU/pkt",
+        "file MB",
+    );
+    for (label, load) in [
+        ("max rate", Load::Udp64),
+        ("50 k datagram/s", Load::Udp64At(50_000)),
+    ] {
+        for (tool, file) in [("netray", "netray.pcapng"), ("tcpdump", "tcpdump.pcap")] {
+            let run = capture_run(testbed, iface, tool, load, &dir.join(file));
+            let ratio = run.in_file.map_or("?".to_string(), |n| {
+                format!("{:.4}", n as f64 / run.on_wire.max(1) as f64)
+            });
+            let per_packet = run.in_file.map_or("?".to_string(), |n| {
+                format!("{:.2} us", run.cpu_secs * 1e6 / n.max(1) as f64)
+            });
+            println!(
+                "  {:26} {:>7} {:>8} {:>7.0}k {:>8} {:>8} {:>8} {:>8} {:>9} {:>6.2} {:>8} {:>7.1}",
+                format!("{label} / {tool}"),
+                run.sent,
+                run.on_wire,
+                run.on_wire as f64 / SECS as f64 / 1e3,
+                opt(run.by_filter),
+                opt(run.captured),
+                opt(run.dropped),
+                opt(run.in_file),
+                ratio,
+                run.cpu_secs,
+                per_packet,
+                run.file_bytes as f64 / 1e6
+            );
+        }
+    }
+    println!(
+        "  (on wire = server iface rx+tx during the traffic; by filt/captured/dropped = each tool's own stderr accounting;"
+    );
+    println!(
+        "   in file = capinfos -c; CPU = utime+stime of the capture process over its whole life; CPU/pkt per packet in file)"
+    );
+}
+
+/// A scratch directory for the capture files, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn main() {
+    let started = Instant::now();
+    let testbed = Topology::chain(0).build().expect("testbed");
+    // The server's end of the veth pair (node 1, toward the client).
+    let iface = testbed.ifname(1, Side::Client);
+    let _iperf_server = start_iperf_server(&testbed);
+    let dir = ScratchDir(std::env::temp_dir().join(format!("netray-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("scratch directory");
+
+    println!(
+        "netray packets benchmark (veth pair client -> server, iperf3; netray on the server's {iface}; {} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!(
+        "1. Throughput, netray packets attached (filter {NO_MATCH:?}, matches nothing) vs no tracer"
+    );
+    throughput(&testbed, &iface, Load::Tcp);
+    throughput(&testbed, &iface, Load::Udp64);
+    println!();
+    println!(
+        "2. Per-packet program cost (kernel.bpf_stats_enabled=1 for this part only; run_time_ns / run_cnt, {SECS} s per load)"
+    );
+    program_cost(&testbed, &iface);
+    println!();
+    println!(
+        "3. Capture to file: netray packets -w vs tcpdump -w, one after the other, iperf3 UDP 64 B for {SECS} s (no filter, both directions)"
+    );
+    capture_to_file(&testbed, &iface, &dir.0);
+    println!();
+    println!(
+        "total benchmark time {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
