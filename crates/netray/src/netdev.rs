@@ -51,3 +51,104 @@ pub fn index(iface: &str) -> io::Result<u32> {
     }
     Ok(index)
 }
+
+/// `struct ethtool_drvinfo` (linux/ethtool.h), for `ETHTOOL_GDRVINFO`.
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// The kernel driver behind `iface` (e.g. `veth`, `virtio_net`, `mlx5_core`),
+/// asked through the ethtool ioctl in the calling thread's network namespace
+/// (`/sys/class/net` would show the namespace the process started in).
+pub fn driver(iface: &str) -> io::Result<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    let name = CString::new(iface).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if name.as_bytes_with_nul().len() > libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain socket(2); closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: plain data; all-zero is valid.
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes_with_nul()) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: valid socket, ifreq naming the device, pointing at `info`,
+    // which outlives the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The XDP attach mode that disturbs `iface`'s traffic least.
+///
+/// Native XDP on a veth device makes the kernel turn off segmentation
+/// offload on its peer: measured here, TCP over the pair fell from 29 to
+/// 5.6 Gbit/s with a pass-everything program attached. Generic XDP leaves
+/// offloads alone (28 Gbit/s) and sees the same super-packets tcpdump sees,
+/// so veth gets generic mode; other devices native, generic as fallback.
+pub fn preferred_xdp_modes(iface: &str) -> [aya::programs::XdpMode; 2] {
+    use aya::programs::XdpMode::{Driver, Skb};
+    if driver(iface).is_ok_and(|d| d == "veth") {
+        [Skb, Driver]
+    } else {
+        [Driver, Skb]
+    }
+}
+
+/// Attaches `xdp` to `iface` in the least disturbing mode that works (see
+/// [`preferred_xdp_modes`]); the error names the interface and both tries.
+pub fn attach_xdp(xdp: &mut aya::programs::Xdp, iface: &str) -> anyhow::Result<()> {
+    let [first, second] = preferred_xdp_modes(iface);
+    if let Err(first_error) = xdp.attach(iface, first) {
+        xdp.attach(iface, second).map_err(|second_error| {
+            anyhow::anyhow!(
+                "attaching XDP to {iface}: {first:?} mode: {first_error}; {second:?} mode: \
+                 {second_error} (another XDP program already attached?)"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_driver_and_missing_device() {
+        // lo has no ethtool driver info on every kernel; a missing device
+        // must be an error, never a panic.
+        assert!(driver("nonexistent0").is_err());
+        assert!(driver("this-name-is-far-too-long-for-ifnamsiz").is_err());
+    }
+}

@@ -36,7 +36,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{SchedClassifier, TcAttachType, Xdp},
     util::KernelVersion,
 };
 use netray_common::inband::{
@@ -168,14 +168,7 @@ impl Capture {
         xdp.load()
             .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
         for iface in interfaces {
-            if let Err(driver) = xdp.attach(iface, XdpMode::Driver) {
-                xdp.attach(iface, XdpMode::Skb).with_context(|| {
-                    format!(
-                        "attaching XDP to {iface} (driver mode failed first: {driver}; \
-                         another XDP program already attached?)"
-                    )
-                })?;
-            }
+            crate::netdev::attach_xdp(xdp, iface)?;
         }
         let tc: &mut SchedClassifier = ebpf
             .program_mut(TC_PROGRAM)

@@ -39,7 +39,7 @@ use anyhow::{Context as _, anyhow, ensure};
 use aya::{
     Ebpf,
     maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{SchedClassifier, TcAttachType, Xdp},
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -240,14 +240,7 @@ impl PacketCapture {
             xdp.load()
                 .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
             for iface in &unique {
-                if let Err(driver) = xdp.attach(iface, XdpMode::Driver) {
-                    xdp.attach(iface, XdpMode::Skb).with_context(|| {
-                        format!(
-                            "attaching XDP to {iface} (driver mode failed first: {driver}; \
-                             another XDP program already attached?)"
-                        )
-                    })?;
-                }
+                crate::netdev::attach_xdp(xdp, iface)?;
             }
         }
         if options.direction != Directions::In {
