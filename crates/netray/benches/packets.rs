@@ -587,7 +587,7 @@ fn capture_run(testbed: &Testbed, iface: &str, tool: &str, load: Load, file: &Pa
     let _ = std::fs::remove_file(file);
     let path = file.to_str().expect("UTF-8 path");
     let process = if tool == "netray" {
-        // Defaults: no filter, snaplen 262144, both directions.
+        // Defaults: no filter, snaplen 16384 (the kernel side's maximum), both directions.
         spawn_capture(
             testbed.server(),
             NETRAY,

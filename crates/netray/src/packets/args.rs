@@ -12,8 +12,9 @@ use super::pcapng::PcapNgSink;
 use super::text;
 use super::{CaptureCounts, Direction, PacketRecord};
 
-/// Default snaplen, tcpdump's: large enough for any normal frame.
-pub const DEFAULT_SNAPLEN: u32 = 262_144;
+/// Default snaplen: the kernel side's maximum (tcpdump's 262144 would only be
+/// clamped to it); larger than any non-GSO frame.
+pub const DEFAULT_SNAPLEN: u32 = crate::packets::capture::MAX_SNAPLEN;
 
 /// Which directions to capture.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -40,6 +40,16 @@ pub async fn run(
         config.interfaces.clone()
     };
     let flows = matches!(config.output, OutputMode::Flows { .. });
+    if config.snaplen > super::capture::MAX_SNAPLEN && !flows {
+        // Said, not silent: packets longer than this arrive truncated
+        // (their wire length is still recorded).
+        eprintln!(
+            "netray: capturing at most {} bytes per packet (--snaplen {} is above the kernel \
+             side's limit)",
+            super::capture::MAX_SNAPLEN,
+            config.snaplen
+        );
+    }
     let options = CaptureOptions {
         snaplen: config.snaplen,
         flows,
