@@ -28,8 +28,8 @@ use aya::{
     maps::{Array, RingBuf},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe,
-        RawTracePoint, SchedClassifier, SockOps, SocketFilter, TcAttachType, TracePoint, UProbe,
-        Xdp, XdpMode, uprobe::UProbeScope,
+        RawTracePoint, SchedClassifier, SockOps, SocketFilter, TracePoint, UProbe, Xdp, XdpMode,
+        uprobe::UProbeScope,
     },
 };
 use netray_common::check::{CheckEvent, HookKind};
@@ -201,7 +201,7 @@ impl CheckReport {
 /// [`crate::privileges::EBPF_COMMAND`]; fails only when the probe object itself
 /// cannot be loaded (every per-hook failure is an [`Outcome::Fails`]).
 pub fn probe() -> anyhow::Result<CheckReport> {
-    raise_memlock_limit();
+    crate::loader::raise_memlock_limit();
     let mut ebpf = Ebpf::load(crate::objects::CHECK)
         .context("loading the probe object (maps: an array and a ring buffer)")?;
     let btf = Btf::from_sys_fs().map_err(|e| format!("/sys/kernel/btf/vmlinux: {e}"));
@@ -271,17 +271,6 @@ pub fn probe() -> anyhow::Result<CheckReport> {
     // Dropping `ebpf` detaches every link and unloads every program.
     drop(ebpf);
     Ok(CheckReport { outcomes })
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map
-/// creation does not fail there. Harmless where memcg accounting is used.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit with a valid struct; failure is tolerated.
-    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
 /// Formats an error with its whole source chain, trimmed to a readable size
@@ -492,12 +481,7 @@ fn device_hooks_and_traffic(ebpf: &mut Ebpf) -> anyhow::Result<DeviceResults> {
     let tc = (|| {
         let prog: &mut SchedClassifier = program(ebpf, "check_tc")?;
         prog.load().map_err(|e| describe("load", e))?;
-        if let Err(first) = prog.attach("lo", TcAttachType::Egress) {
-            // Kernels without tcx need the clsact qdisc first.
-            let _ = aya::programs::tc::qdisc_add_clsact("lo");
-            prog.attach("lo", TcAttachType::Egress)
-                .map_err(|e| describe(&format!("attach egress of lo (first try: {first})"), e))?;
-        }
+        crate::loader::attach_tc_egress(prog, "lo").map_err(|e| describe("attach", e))?;
         Ok(format!("egress of {place}"))
     })();
 

@@ -10,6 +10,7 @@
 //! - [`packets`]: packet tracer (capture, filters, output).
 //! - [`privileges`]: which Linux capabilities the process has.
 //! - [`serve`]: the in-band traceroute web server (`netray serve`).
+//! - [`loader`]: loading and attaching eBPF objects (shared steps).
 //! - [`netdev`]: small network-device helpers (interface flags, listing).
 //! - [`objects`]: the eBPF objects embedded at build time.
 //! - [`tracefs`]: makes sure tracefs is mounted for classic tracepoints.
@@ -17,6 +18,7 @@
 pub mod check;
 pub mod demo;
 pub mod inband;
+pub mod loader;
 pub mod netdev;
 pub mod objects;
 pub mod packets;

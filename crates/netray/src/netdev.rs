@@ -46,7 +46,7 @@ pub fn index(iface: &str) -> io::Result<u32> {
         let error = io::Error::last_os_error();
         return Err(io::Error::new(
             error.kind(),
-            format!("interface {iface}: {error}"),
+            format!("interface {iface}: {error} (does it exist in this network namespace?)"),
         ));
     }
     Ok(index)
@@ -123,21 +123,6 @@ pub fn preferred_xdp_modes(iface: &str) -> [aya::programs::XdpMode; 2] {
     } else {
         [Driver, Skb]
     }
-}
-
-/// Attaches `xdp` to `iface` in the least disturbing mode that works (see
-/// [`preferred_xdp_modes`]); the error names the interface and both tries.
-pub fn attach_xdp(xdp: &mut aya::programs::Xdp, iface: &str) -> anyhow::Result<()> {
-    let [first, second] = preferred_xdp_modes(iface);
-    if let Err(first_error) = xdp.attach(iface, first) {
-        xdp.attach(iface, second).map_err(|second_error| {
-            anyhow::anyhow!(
-                "attaching XDP to {iface}: {first:?} mode: {first_error}; {second:?} mode: \
-                 {second_error} (another XDP program already attached?)"
-            )
-        })?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -36,14 +36,13 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType, Xdp},
-    util::KernelVersion,
+    programs::{SchedClassifier, Xdp},
 };
 use netray_common::inband::{
     FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowState, InbandEvent, InbandStat,
 };
 use tokio::{
-    io::{Interest, unix::AsyncFd},
+    io::unix::AsyncFd,
     sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
     task::JoinHandle,
 };
@@ -155,7 +154,7 @@ impl Capture {
         for iface in interfaces {
             check_ethernet(iface)?;
         }
-        raise_memlock_limit();
+        crate::loader::raise_memlock_limit();
 
         let mut ebpf = Ebpf::load(crate::objects::INBAND).context(
             "loading the in-band capture object (maps INBAND_FLOWS, INBAND_EVENTS, INBAND_STATS)",
@@ -168,7 +167,7 @@ impl Capture {
         xdp.load()
             .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
         for iface in interfaces {
-            crate::netdev::attach_xdp(xdp, iface)?;
+            crate::loader::attach_xdp(xdp, iface)?;
         }
         let tc: &mut SchedClassifier = ebpf
             .program_mut(TC_PROGRAM)
@@ -177,38 +176,16 @@ impl Capture {
             .context(TC_PROGRAM)?;
         tc.load()
             .with_context(|| format!("loading {TC_PROGRAM} (verifier)"))?;
-        // From 6.6 aya attaches through tcx (a bpf_link, no qdisc needed);
-        // before, through a netlink filter that needs the clsact qdisc. The
-        // qdisc is only added there, and stays after detaching (harmless,
-        // and possibly shared with other users).
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         for iface in interfaces {
-            if let Err(first) = tc.attach(iface, TcAttachType::Egress) {
-                if tcx {
-                    return Err(anyhow::Error::new(first)
-                        .context(format!("attaching TC egress (tcx) to {iface}")));
-                }
-                // May exist already: then its error is not the problem.
-                let _ = aya::programs::tc::qdisc_add_clsact(iface);
-                tc.attach(iface, TcAttachType::Egress).with_context(|| {
-                    format!("attaching TC egress to {iface} (first try: {first})")
-                })?;
-            }
+            crate::loader::attach_tc_egress(tc, iface)?;
         }
 
-        let flows: FlowMap = take_map(&mut ebpf, "INBAND_FLOWS")?;
-        let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "INBAND_STATS")?;
-        let listen_ports: Array<MapData, u8> = take_map(&mut ebpf, "INBAND_LISTEN_PORTS")?;
-        let ring: RingBuf<MapData> = take_map(&mut ebpf, "INBAND_EVENTS")?;
-        let ring = {
-            let _guard = runtime.enter();
-            // SAFETY: the RingBuf owns its map's fd (MapData holds an
-            // OwnedFd) and keeps it open and unchanged while the AsyncFd
-            // owns the RingBuf.
-            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(io::Error::from)
-                .context("registering the ring buffer with tokio")?
-        };
+        let flows: FlowMap = crate::loader::take_map(&mut ebpf, "INBAND_FLOWS")?;
+        let stats: PerCpuArray<MapData, u64> = crate::loader::take_map(&mut ebpf, "INBAND_STATS")?;
+        let listen_ports: Array<MapData, u8> =
+            crate::loader::take_map(&mut ebpf, "INBAND_LISTEN_PORTS")?;
+        let ring: RingBuf<MapData> = crate::loader::take_map(&mut ebpf, "INBAND_EVENTS")?;
+        let ring = crate::loader::async_ring_buffer(ring, &runtime)?;
         let subscribers = Arc::new(Mutex::new(Subscribers::new()));
         let undeliverable = Arc::new(AtomicU64::new(0));
         let reader = runtime.spawn(read_events(
@@ -420,33 +397,12 @@ fn parse_event(bytes: &[u8]) -> Option<InbandEvent> {
     })
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the capture object"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
-}
-
 /// The errno behind a map syscall failure.
 fn errno(error: &MapError) -> Option<i32> {
     match error {
         MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => io_error.raw_os_error(),
         _ => None,
     }
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map
-/// creation does not fail there. Harmless where memcg accounting is used.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit with a valid struct; failure is tolerated.
-    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
 /// Rejects keys the kernel could never match: unknown family, bytes past an

@@ -29,8 +29,6 @@
 
 use std::{
     collections::HashMap as StdHashMap,
-    ffi::CString,
-    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -38,11 +36,11 @@ use std::{
 use anyhow::{Context as _, anyhow, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{SchedClassifier, TcAttachType, Xdp},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{SchedClassifier, Xdp},
 };
 use tokio::{
-    io::{Interest, unix::AsyncFd},
+    io::unix::AsyncFd,
     sync::mpsc::{Receiver, Sender, channel},
     task::JoinHandle,
 };
@@ -207,14 +205,15 @@ impl PacketCapture {
             .context("PacketCapture::attach must be called inside a tokio runtime")?;
         let mut names = StdHashMap::new();
         for iface in &unique {
-            names.insert(ifindex(iface)?, iface.clone());
+            names.insert(crate::netdev::index(iface)?, iface.clone());
         }
-        raise_memlock_limit();
+        crate::loader::raise_memlock_limit();
 
         let mut ebpf =
             Ebpf::load(crate::objects::PACKETS).context("loading the packet capture object")?;
         // Settings and filter before any program runs.
-        let mut config: Array<MapData, Config> = take_map(&mut ebpf, "PACKETS_CONFIG")?;
+        let mut config: Array<MapData, Config> =
+            crate::loader::take_map(&mut ebpf, "PACKETS_CONFIG")?;
         config
             .set(
                 0,
@@ -226,7 +225,7 @@ impl PacketCapture {
             )
             .context("writing the capture settings")?;
         let mut program: Array<MapData, filter::RawProgram> =
-            take_map(&mut ebpf, "PACKETS_FILTER")?;
+            crate::loader::take_map(&mut ebpf, "PACKETS_FILTER")?;
         program
             .set(0, filter.to_raw(), 0)
             .context("writing the filter program")?;
@@ -240,7 +239,7 @@ impl PacketCapture {
             xdp.load()
                 .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
             for iface in &unique {
-                crate::netdev::attach_xdp(xdp, iface)?;
+                crate::loader::attach_xdp(xdp, iface)?;
             }
         }
         if options.direction != Directions::In {
@@ -252,22 +251,14 @@ impl PacketCapture {
             tc.load()
                 .with_context(|| format!("loading {TC_PROGRAM} (verifier)"))?;
             for iface in &unique {
-                tc.attach(iface, TcAttachType::Egress)
-                    .with_context(|| format!("attaching TC egress (tcx) to {iface}"))?;
+                crate::loader::attach_tc_egress(tc, iface)?;
             }
         }
 
-        let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "PACKETS_STATS")?;
-        let flows = take_map(&mut ebpf, "PACKETS_FLOWS")?;
-        let ring: RingBuf<MapData> = take_map(&mut ebpf, "PACKETS_EVENTS")?;
-        let ring = {
-            let _guard = runtime.enter();
-            // SAFETY: the RingBuf owns its map fd and keeps it open while
-            // the AsyncFd owns the RingBuf.
-            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(io::Error::from)
-                .context("registering the ring buffer with tokio")?
-        };
+        let stats: PerCpuArray<MapData, u64> = crate::loader::take_map(&mut ebpf, "PACKETS_STATS")?;
+        let flows = crate::loader::take_map(&mut ebpf, "PACKETS_FLOWS")?;
+        let ring: RingBuf<MapData> = crate::loader::take_map(&mut ebpf, "PACKETS_EVENTS")?;
+        let ring = crate::loader::async_ring_buffer(ring, &runtime)?;
         let (sender, records) = channel(CHANNEL_CAPACITY);
         let reader = runtime.spawn(read_records(ring, sender, names, clock_offset()));
         Ok(PacketCapture {
@@ -462,38 +453,6 @@ async fn read_records(
             }
         }
     }
-}
-
-fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the capture object"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
-}
-
-fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    let name = CString::new(iface).context("interface name with a NUL byte")?;
-    // SAFETY: valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    ensure!(
-        index != 0,
-        "interface {iface}: {} (does it exist in this network namespace?)",
-        io::Error::last_os_error()
-    );
-    Ok(index)
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit with a valid struct; failure is tolerated.
-    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
 #[cfg(test)]
