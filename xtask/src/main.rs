@@ -192,7 +192,7 @@ fn demo(extra: &[String]) -> Result {
 }
 
 /// Runs the benchmarks (root needed: they build namespaces and load eBPF):
-/// the in-band traceroute one, then the `netray packets` one.
+/// in-band traceroute, packet tracer, connection tracer, outbound trace.
 fn bench() -> Result {
     let mut cmd = cargo();
     cmd.args([
@@ -203,6 +203,10 @@ fn bench() -> Result {
         "inband",
         "--bench",
         "packets",
+        "--bench",
+        "conns",
+        "--bench",
+        "trace",
     ]);
     if !is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");

@@ -4,4 +4,6 @@
 #![no_std]
 
 pub mod check;
+pub mod conns;
 pub mod inband;
+pub mod resolve;

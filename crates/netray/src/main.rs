@@ -22,6 +22,10 @@ enum Command {
     },
     /// Packet tracer: XDP ingress + TC egress capture with in-kernel filters.
     Packets(Box<netray::packets::args::PacketsArgs>),
+    /// Connection tracer: every TCP connect/accept/close with process, hostname, bytes, RTT.
+    Conns(Box<netray::conns::ConnsArgs>),
+    /// Outbound in-band trace: connect to HOST[:PORT] and trace the path inside that connection.
+    Trace(Box<netray::trace::TraceArgs>),
     /// Self-contained demo: a simulated path in network namespaces, traced by `netray serve`.
     Demo,
     /// In-band traceroute server: traces every visitor's path inside their own connection.
@@ -62,9 +66,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netray::privileges::require("packets", netray::privileges::EBPF_COMMAND)?;
             let config = args.validate()?;
             tokio::runtime::Runtime::new()?
-                .block_on(netray::packets::run::run(config, shutdown_signal()))?;
+                .block_on(netray::packets::run::run(config, netray::shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Conns(args) => netray::conns::command(*args),
+        Command::Trace(args) => netray::trace::command(*args),
         Command::Demo => {
             netray::privileges::require("demo", netray::privileges::EBPF_COMMAND)?;
             netray::demo::run()?;
@@ -116,21 +122,5 @@ async fn serve(config: netray::serve::ServeConfig) -> anyhow::Result<()> {
         },
     )?;
     tracing::info!(?interfaces, "capture attached");
-    netray::serve::run(config, std::sync::Arc::new(tracer), shutdown_signal()).await
-}
-
-/// Completes on Ctrl-C or SIGTERM. (On SIGKILL the kernel closes our
-/// bpf_link fds, which detaches the programs all the same.)
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    netray::serve::run(config, std::sync::Arc::new(tracer), netray::shutdown_signal()).await
 }

@@ -12,3 +12,7 @@ pub static INBAND: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// `packets_tc` (egress), filter interpreter, ring buffer and flow table.
 pub static PACKETS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-packets"));
+
+/// The connection tracer (`netray conns`): lifecycle, attribution and counter
+/// programs plus the getaddrinfo uprobes.
+pub static CONNS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-conns"));

@@ -1,0 +1,1 @@
+//! Types the connection tracer's eBPF programs and userspace share.

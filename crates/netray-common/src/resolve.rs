@@ -1,0 +1,1 @@
+//! Types the getaddrinfo uprobes and userspace share (hostname events).
