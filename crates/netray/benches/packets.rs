@@ -37,6 +37,9 @@ use serde_json::Value;
 const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
 /// Seconds of traffic per iperf3 run.
 const SECS: u64 = 3;
+/// Seconds of traffic per capture-to-file run: long enough that the
+/// processes' CPU times (kept in 10 ms ticks) resolve per-packet costs.
+const CAPTURE_SECS: u64 = 10;
 /// Alternating off/on rounds per load in part 1.
 const ROUNDS: usize = 3;
 /// Program names in crates/netray-ebpf/src/packets.rs.
@@ -583,7 +586,16 @@ struct CaptureRun {
     file_bytes: u64,
 }
 
-fn capture_run(testbed: &Testbed, iface: &str, tool: &str, load: Load, file: &Path) -> CaptureRun {
+/// `load` None: no traffic for as long as a loaded run takes, which
+/// measures the tool's fixed CPU cost (netray: loading and verifying its
+/// programs; both: waking up while idle).
+fn capture_run(
+    testbed: &Testbed,
+    iface: &str,
+    tool: &str,
+    load: Option<Load>,
+    file: &Path,
+) -> CaptureRun {
     let _ = std::fs::remove_file(file);
     let path = file.to_str().expect("UTF-8 path");
     let process = if tool == "netray" {
@@ -608,7 +620,13 @@ fn capture_run(testbed: &Testbed, iface: &str, tool: &str, load: Load, file: &Pa
     wait_for(tool, || file.exists());
     std::thread::sleep(Duration::from_millis(300));
     let before = Counters::read(testbed.server(), iface);
-    let traffic = iperf(testbed, load, SECS);
+    let traffic = match load {
+        Some(load) => iperf(testbed, load, CAPTURE_SECS),
+        None => {
+            std::thread::sleep(Duration::from_secs(CAPTURE_SECS));
+            Ok(Traffic::default())
+        }
+    };
     // Let the capture drain what is in flight before stopping it: longer
     // than tcpdump's 1 s buffer timeout, after which the kernel hands over
     // a partly filled TPACKET_V3 block (tcpdump exits on SIGINT without
@@ -655,8 +673,17 @@ fn capture_run(testbed: &Testbed, iface: &str, tool: &str, load: Load, file: &Pa
 /// same, which makes the CPU figures comparable).
 fn capture_to_file(testbed: &Testbed, iface: &str, dir: &Path) {
     let opt = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+    let tools = [("netray", "netray.pcapng"), ("tcpdump", "tcpdump.pcap")];
+    // Each tool's fixed cost, to tell it apart from the cost per packet.
+    let idle: Vec<f64> = tools
+        .iter()
+        .map(|(tool, file)| capture_run(testbed, iface, tool, None, &dir.join(file)).cpu_secs)
+        .collect();
+    for ((tool, _), idle) in tools.iter().zip(&idle) {
+        println!("  {tool}: CPU of a run without traffic (same length): {idle:.3} s");
+    }
     println!(
-        "  {:26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8} {:>7}",
+        "  {:26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8} {:>9} {:>7}",
         "load / tool",
         "sent",
         "on wire",
@@ -668,33 +695,37 @@ fn capture_to_file(testbed: &Testbed, iface: &str, dir: &Path) {
         "file/wire",
         "CPU s",
         "CPU/pkt",
+        "-idle/pkt",
         "file MB",
     );
     for (label, load) in [
         ("max rate", Load::Udp64),
         ("50 k datagram/s", Load::Udp64At(50_000)),
     ] {
-        for (tool, file) in [("netray", "netray.pcapng"), ("tcpdump", "tcpdump.pcap")] {
-            let run = capture_run(testbed, iface, tool, load, &dir.join(file));
+        for ((tool, file), idle) in tools.iter().zip(&idle) {
+            let run = capture_run(testbed, iface, tool, Some(load), &dir.join(file));
             let ratio = run.in_file.map_or("?".to_string(), |n| {
                 format!("{:.4}", n as f64 / run.on_wire.max(1) as f64)
             });
-            let per_packet = run.in_file.map_or("?".to_string(), |n| {
-                format!("{:.2} us", run.cpu_secs * 1e6 / n.max(1) as f64)
-            });
+            let per_packet = |cpu: f64| {
+                run.in_file.map_or("?".to_string(), |n| {
+                    format!("{:.2} us", cpu * 1e6 / n.max(1) as f64)
+                })
+            };
             println!(
-                "  {:26} {:>7} {:>8} {:>7.0}k {:>8} {:>8} {:>8} {:>8} {:>9} {:>6.2} {:>8} {:>7.1}",
+                "  {:26} {:>7} {:>8} {:>7.0}k {:>8} {:>8} {:>8} {:>8} {:>9} {:>6.2} {:>8} {:>9} {:>7.1}",
                 format!("{label} / {tool}"),
                 run.sent,
                 run.on_wire,
-                run.on_wire as f64 / SECS as f64 / 1e3,
+                run.on_wire as f64 / CAPTURE_SECS as f64 / 1e3,
                 opt(run.by_filter),
                 opt(run.captured),
                 opt(run.dropped),
                 opt(run.in_file),
                 ratio,
                 run.cpu_secs,
-                per_packet,
+                per_packet(run.cpu_secs),
+                per_packet((run.cpu_secs - idle).max(0.0)),
                 run.file_bytes as f64 / 1e6
             );
         }
@@ -703,8 +734,9 @@ fn capture_to_file(testbed: &Testbed, iface: &str, dir: &Path) {
         "  (on wire = server iface rx+tx during the traffic; by filt/captured/dropped = each tool's own stderr accounting;"
     );
     println!(
-        "   in file = capinfos -c; CPU = utime+stime of the capture process over its whole life; CPU/pkt per packet in file)"
+        "   in file = capinfos -c; CPU = utime+stime of the capture process over its whole life; CPU/pkt per packet in file;"
     );
+    println!("   -idle/pkt = (CPU - the same tool's CPU without traffic) per packet in file)");
 }
 
 /// A scratch directory for the capture files, removed when dropped.
@@ -729,22 +761,32 @@ fn main() {
         "netray packets benchmark (veth pair client -> server, iperf3; netray on the server's {iface}; {} CPUs)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!();
-    println!(
-        "1. Throughput, netray packets attached (filter {NO_MATCH:?}, matches nothing) vs no tracer"
-    );
-    throughput(&testbed, &iface, Load::Tcp);
-    throughput(&testbed, &iface, Load::Udp64);
-    println!();
-    println!(
-        "2. Per-packet program cost (kernel.bpf_stats_enabled=1 for this part only; run_time_ns / run_cnt, {SECS} s per load)"
-    );
-    program_cost(&testbed, &iface);
-    println!();
-    println!(
-        "3. Capture to file: netray packets -w vs tcpdump -w, one after the other, iperf3 UDP 64 B for {SECS} s (no filter, both directions)"
-    );
-    capture_to_file(&testbed, &iface, &dir.0);
+    // NETRAY_BENCH_PARTS=3 (say) runs only part 3: for iterating on one
+    // figure; `cargo xtask bench` runs all of them.
+    let parts = std::env::var("NETRAY_BENCH_PARTS").unwrap_or_else(|_| "1,2,3".into());
+    let part = |n: &str| parts.split(',').any(|p| p.trim() == n);
+    if part("1") {
+        println!();
+        println!(
+            "1. Throughput, netray packets attached (filter {NO_MATCH:?}, matches nothing) vs no tracer"
+        );
+        throughput(&testbed, &iface, Load::Tcp);
+        throughput(&testbed, &iface, Load::Udp64);
+    }
+    if part("2") {
+        println!();
+        println!(
+            "2. Per-packet program cost (kernel.bpf_stats_enabled=1 for this part only; run_time_ns / run_cnt, {SECS} s per load)"
+        );
+        program_cost(&testbed, &iface);
+    }
+    if part("3") {
+        println!();
+        println!(
+            "3. Capture to file: netray packets -w vs tcpdump -w, one after the other, iperf3 UDP 64 B for {CAPTURE_SECS} s (no filter, both directions)"
+        );
+        capture_to_file(&testbed, &iface, &dir.0);
+    }
     println!();
     println!(
         "total benchmark time {:.0} s",

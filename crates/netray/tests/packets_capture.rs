@@ -36,7 +36,7 @@ const PORT6: u16 = 7001;
 /// What a capture run produced.
 struct Run {
     counts: CaptureCounts,
-    records: Vec<PacketRecord>,
+    records: Vec<PacketRecord<'static>>,
     flows: Vec<FlowEntry>,
 }
 
@@ -286,7 +286,7 @@ fn directions_and_snaplen() -> Result<()> {
         for record in &run.records {
             assert_eq!(record.data.len(), 20, "snaplen");
             assert!(record.wire_len > 20);
-            let age = record.time.elapsed().unwrap_or_default();
+            let age = record.time().elapsed().unwrap_or_default();
             assert!(
                 age < Duration::from_secs(30),
                 "wall clock conversion: {age:?}"
@@ -356,7 +356,7 @@ fn same_packets_as_tcpdump_on_real_traffic() -> Result<()> {
         "{} records",
         all.records.len()
     );
-    let frames: Vec<&[u8]> = all.records.iter().map(|r| r.data.as_slice()).collect();
+    let frames: Vec<&[u8]> = all.records.iter().map(|r| &r.data[..]).collect();
     let dir = std::env::temp_dir().join(format!("netray-packets-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let pcap = dir.join("capture.pcap");
@@ -674,4 +674,111 @@ fn sigkill_leaves_nothing_attached() -> Result<()> {
     child.wait()?;
     wait_until_freed(&ids)?;
     wait_until_detached(&tb, &iface)
+}
+
+/// Starts `netray packets ARGS` on the server and waits until its XDP
+/// program is on the interface.
+fn spawn_command(tb: &Testbed, iface: &str, args: &[&str]) -> Result<std::process::Child> {
+    let mut child = tb
+        .server()
+        .command(env!("CARGO_BIN_EXE_netray"))
+        .args(["packets", "-i", iface])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !attached(tb, iface)?.contains("packets_xdp") {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("netray packets never attached");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// Waits for `child` to exit by itself; its (stdout, stderr).
+fn wait_output(child: std::process::Child) -> Result<(String, String)> {
+    let output = child.wait_with_output()?;
+    ensure!(output.status.success(), "netray packets failed: {output:?}");
+    Ok((
+        String::from_utf8(output.stdout)?,
+        String::from_utf8(output.stderr)?,
+    ))
+}
+
+/// The command's own output path (ring → file on its writer thread):
+/// stopped by SIGINT, the pcapng file holds exactly the matching packets,
+/// as tshark reads them, and the accounting says so.
+#[test]
+fn command_writes_every_matching_packet_until_interrupted() -> Result<()> {
+    let (tb, iface) = testbed()?;
+    let dir = std::env::temp_dir().join(format!("netray-packets-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("udp.pcapng");
+    let path = file.to_str().context("UTF-8 path")?;
+    let child = spawn_command(&tb, &iface, &["-w", path, "--duration", "60", "udp"])?;
+    let sent = traffic(&tb, true);
+    // SAFETY: our own unreaped child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let (_, stderr) = wait_output(child)?;
+    sent?;
+    let output = Command::new("tshark")
+        .args([
+            "-r",
+            path,
+            "-T",
+            "fields",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "frame.interface_name",
+        ])
+        .output()
+        .context("running tshark")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(output.status.success(), "tshark: {output:?}");
+    let mut ports: Vec<String> = String::from_utf8(output.stdout)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ports.sort();
+    let mut expected: Vec<String> = [PORT4, PORT6]
+        .iter()
+        .flat_map(|port| std::iter::repeat_n(format!("{port}\t{iface}"), N))
+        .collect();
+    expected.sort();
+    assert_eq!(ports, expected);
+    ensure!(
+        stderr.contains(&format!("{} packets captured\n", 2 * N))
+            && stderr.contains("0 packets dropped by kernel"),
+        "accounting: {stderr}"
+    );
+    Ok(())
+}
+
+/// `-c COUNT` ends the command by itself after exactly COUNT packets, here
+/// as JSON lines on stdout.
+#[test]
+fn command_stops_after_count() -> Result<()> {
+    let (tb, iface) = testbed()?;
+    let filter = format!("udp dst port {PORT4}");
+    let child = spawn_command(&tb, &iface, &["-c", "3", "--json", &filter])?;
+    traffic(&tb, false)?;
+    let (stdout, _) = wait_output(child)?;
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in &lines {
+        assert_eq!(line["proto"], "udp", "{line}");
+        assert_eq!(line["dport"], PORT4, "{line}");
+        assert_eq!(line["dir"], "ingress", "{line}");
+        assert_eq!(line["iface"], iface.as_str(), "{line}");
+    }
+    Ok(())
 }

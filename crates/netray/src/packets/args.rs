@@ -3,7 +3,7 @@
 //! reports the end-of-run accounting.
 
 use std::fs::File;
-use std::io::{self, BufWriter, LineWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -226,25 +226,23 @@ impl OutputSink {
     /// for [`OutputMode::Flows`], which prints tables instead (see
     /// [`super::flows`]).
     pub fn open(cfg: &PacketsConfig) -> io::Result<Option<Self>> {
-        // Line buffering keeps interactive output live and costs little at
-        // human-readable packet rates.
-        let stdout = || -> Box<dyn Write + Send> { Box::new(LineWriter::new(io::stdout())) };
+        // Buffered: the capture loop calls `flush` after each batch it
+        // drains from the ring (a few milliseconds of packets at most), so
+        // output stays live, including for a reader on a pipe such as
+        // `wireshark -k -i -`, without a write per packet.
+        let stdout = || -> Box<dyn Write + Send> { Box::new(BufWriter::new(io::stdout())) };
         let kind = match &cfg.output {
             OutputMode::Text => SinkKind::Text(stdout()),
             OutputMode::Json => SinkKind::Json(stdout()),
-            // pcapng is binary: buffer, but flush every packet so that a
-            // reader on the pipe (wireshark -k -i -) sees packets live.
-            OutputMode::PcapngStdout => SinkKind::Pcapng(PcapNgSink::new(
-                Box::new(BufWriter::new(io::stdout())) as Box<dyn Write + Send>,
-                cfg.snaplen,
-                true,
-            )?),
+            OutputMode::PcapngStdout => {
+                SinkKind::Pcapng(PcapNgSink::new(stdout(), cfg.snaplen, false)?)
+            }
             OutputMode::PcapngFile(p) => {
                 let f = File::create(p).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot create {}: {e}", p.display()))
                 })?;
                 SinkKind::Pcapng(PcapNgSink::new(
-                    Box::new(BufWriter::new(f)) as Box<dyn Write + Send>,
+                    Box::new(BufWriter::with_capacity(1 << 20, f)) as Box<dyn Write + Send>,
                     cfg.snaplen,
                     false,
                 )?)
@@ -298,7 +296,7 @@ impl OutputSink {
     /// Writes one record. After [`SinkStatus::Done`] further records are
     /// ignored. A closed pipe ends the output quietly (like tcpdump);
     /// other I/O errors are returned.
-    pub fn write(&mut self, rec: &PacketRecord) -> io::Result<SinkStatus> {
+    pub fn write(&mut self, rec: &PacketRecord<'_>) -> io::Result<SinkStatus> {
         if self.done {
             return Ok(SinkStatus::Done);
         }
@@ -331,6 +329,24 @@ impl OutputSink {
             p.add_interface(ifindex, name)?;
         }
         Ok(())
+    }
+
+    /// Hands what is buffered to the destination (after each batch; a
+    /// closed pipe ends the output quietly, like [`Self::write`]).
+    pub fn flush(&mut self) -> io::Result<SinkStatus> {
+        let res = match &mut self.kind {
+            SinkKind::Text(w) | SinkKind::Json(w) => w.flush(),
+            SinkKind::Pcapng(p) => p.flush(),
+        };
+        match res {
+            Ok(()) if self.done => Ok(SinkStatus::Done),
+            Ok(()) => Ok(SinkStatus::Continue),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.done = true;
+                Ok(SinkStatus::Done)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Packets written so far.
@@ -376,7 +392,6 @@ mod tests {
     use super::*;
     use clap::Parser;
     use std::sync::{Arc, Mutex};
-    use std::time::UNIX_EPOCH;
 
     #[derive(Parser, Debug)]
     struct Cli {
@@ -506,14 +521,14 @@ mod tests {
         }
     }
 
-    fn rec() -> PacketRecord {
+    fn rec() -> PacketRecord<'static> {
         PacketRecord {
-            time: UNIX_EPOCH,
+            ts_ns: 0,
             ifindex: 1,
             iface: "lo".into(),
             direction: Direction::Ingress,
             wire_len: 3,
-            data: vec![1, 2, 3],
+            data: vec![1, 2, 3].into(),
         }
     }
 

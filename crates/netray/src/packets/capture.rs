@@ -4,6 +4,12 @@
 //! and hands over the captured packets as [`PacketRecord`]s, or, in flow
 //! mode, the kernel's per-flow totals.
 //!
+//! Two ways to read packets: [`PacketCapture::drain`] with
+//! [`PacketCapture::wait`] on a thread of its own (what `netray packets`
+//! does: records are borrowed from the ring and written out without a copy
+//! or an allocation), or the async [`PacketCapture::next`] (owned records,
+//! for tests and embedding).
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use netray::packets::{capture::{CaptureOptions, PacketCapture}, filter::Program};
@@ -24,13 +30,22 @@
 //! buffers and aya's perf reader; the ring buffer keeps the order across
 //! CPUs and is what the in-band capture already uses.
 //!
+//! Wakeups: the kernel wakes a waiting reader only for the first record
+//! after the reader caught up (the ring buffer's default). `netray packets`
+//! then pauses [`BATCH_PAUSE`] after each batch before it waits again, so
+//! at any rate a wakeup, a `poll` and a flush are paid per batch of packets,
+//! not per packet, at the cost of at most that much output latency.
+//!
 //! Dropping the [`PacketCapture`] detaches everything (bpf_links owned by
 //! the loaded object), and so does the process dying, however it dies.
 
 use std::{
-    collections::HashMap as StdHashMap,
+    borrow::Cow,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    ops::ControlFlow,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
 };
 
 use anyhow::{Context as _, anyhow, ensure};
@@ -39,11 +54,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SchedClassifier, Xdp},
 };
-use tokio::{
-    io::unix::AsyncFd,
-    sync::mpsc::{Receiver, Sender, channel},
-    task::JoinHandle,
-};
+use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{CaptureCounts, Direction, PacketRecord, filter};
 
@@ -52,10 +63,14 @@ pub const MAX_SNAPLEN: u32 = 16384;
 
 const XDP_PROGRAM: &str = "packets_xdp";
 const TC_PROGRAM: &str = "packets_tc";
-/// Records buffered between the ring-buffer reader and the consumer. When
-/// the consumer is slower, the reader stops draining, the ring fills and
-/// the kernel counts the packets it cannot queue as lost.
-const CHANNEL_CAPACITY: usize = 4096;
+/// How long a reader that has just drained a batch lets the next one
+/// build up before it waits again (see the module docs). The 8 MiB ring
+/// holds ~87 k minimum-size packets, i.e. this pause at up to ~8 M packets/s.
+pub const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
+/// Records [`PacketCapture::drain`] hands over per call at most, so that a
+/// reader that cannot keep up still returns to check whether to stop.
+pub const DRAIN_LIMIT: usize = 8192;
 
 /// Which directions to capture.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -167,8 +182,16 @@ pub struct PacketCapture {
     _ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
     flows: PerCpuHashMap<MapData, RawFlowKey, RawFlowValue>,
-    records: Receiver<PacketRecord>,
-    reader: Option<JoinHandle<()>>,
+    ring: RingBuf<MapData>,
+    /// The ring's fd registered with tokio, made on first use of
+    /// [`Self::next`]. Declared before nothing it borrows from: it holds
+    /// only the fd number, and `ring` (which owns the fd) outlives it
+    /// because `Drop` takes it out first.
+    readiness: Option<AsyncFd<RawFd>>,
+    /// (ifindex, name) of each interface attached.
+    names: Vec<(u32, String)>,
+    clock_offset: i128,
+    malformed: u64,
     interfaces: Vec<String>,
 }
 
@@ -186,9 +209,8 @@ impl PacketCapture {
     /// namespace; duplicates are attached once): XDP for ingress (driver
     /// mode, falling back to generic), TC egress through tcx.
     ///
-    /// Must be called inside a tokio runtime (a task reads the ring
-    /// buffer). Fails, with nothing left attached, when an interface does
-    /// not exist or another XDP program holds it.
+    /// Fails, with nothing left attached, when an interface does not exist
+    /// or another XDP program holds it.
     pub fn attach(
         interfaces: &[String],
         filter: &filter::Program,
@@ -201,11 +223,9 @@ impl PacketCapture {
             }
         }
         ensure!(!unique.is_empty(), "no interface to capture on");
-        let runtime = tokio::runtime::Handle::try_current()
-            .context("PacketCapture::attach must be called inside a tokio runtime")?;
-        let mut names = StdHashMap::new();
+        let mut names = Vec::new();
         for iface in &unique {
-            names.insert(crate::netdev::index(iface)?, iface.clone());
+            names.push((crate::netdev::index(iface)?, iface.clone()));
         }
         crate::loader::raise_memlock_limit();
 
@@ -258,29 +278,124 @@ impl PacketCapture {
         let stats: PerCpuArray<MapData, u64> = crate::loader::take_map(&mut ebpf, "PACKETS_STATS")?;
         let flows = crate::loader::take_map(&mut ebpf, "PACKETS_FLOWS")?;
         let ring: RingBuf<MapData> = crate::loader::take_map(&mut ebpf, "PACKETS_EVENTS")?;
-        let ring = crate::loader::async_ring_buffer(ring, &runtime)?;
-        let (sender, records) = channel(CHANNEL_CAPACITY);
-        let reader = runtime.spawn(read_records(ring, sender, names, clock_offset()));
         Ok(PacketCapture {
             _ebpf: ebpf,
             stats,
             flows,
-            records,
-            reader: Some(reader),
+            ring,
+            readiness: None,
+            names,
+            clock_offset: clock_offset(),
+            malformed: 0,
             interfaces: unique,
         })
     }
 
-    /// The next captured packet, in ring-buffer order (`None` once the
-    /// reader stopped, which only happens on a ring-buffer error). Never
-    /// yields anything in flow mode.
-    pub async fn next(&mut self) -> Option<PacketRecord> {
-        self.records.recv().await
+    /// Hands each record waiting in the ring to `each`, borrowed (valid for
+    /// the call only), in ring order, without blocking. Stops early when
+    /// `each` breaks (the record it was given counts as consumed) and after
+    /// a few thousand records, so that a caller that cannot keep up gets
+    /// control back. Returns the records handed over and how it ended.
+    pub fn drain(
+        &mut self,
+        mut each: impl FnMut(&PacketRecord<'_>) -> ControlFlow<()>,
+    ) -> (usize, ControlFlow<()>) {
+        let mut handed = 0;
+        while handed < DRAIN_LIMIT {
+            let Some(item) = self.ring.next() else { break };
+            match parse_record(&item, &self.names, self.clock_offset) {
+                Some(record) => {
+                    handed += 1;
+                    if each(&record).is_break() {
+                        return (handed, ControlFlow::Break(()));
+                    }
+                }
+                None => note_malformed(&mut self.malformed, item.len()),
+            }
+        }
+        (handed, ControlFlow::Continue(()))
     }
 
-    /// The receiver of captured packets, for `select!` loops and the like.
-    pub fn records(&mut self) -> &mut Receiver<PacketRecord> {
-        &mut self.records
+    /// Blocks until the ring has records or `stop` is signalled; returns
+    /// whether `stop` was. For a reader thread of its own (see
+    /// [`Self::drain`]).
+    pub fn wait(&self, stop: &StopSignal) -> io::Result<bool> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.ring.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a valid array of two pollfds for the call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if ready >= 0 {
+                return Ok(fds[1].revents != 0);
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+
+    /// The next captured packet, in ring-buffer order (`None` only if the
+    /// ring's fd cannot be polled). Never yields anything in flow mode.
+    /// Must be called inside a tokio runtime.
+    pub async fn next(&mut self) -> Option<PacketRecord<'static>> {
+        loop {
+            if let Some(record) = self.next_ready() {
+                return Some(record);
+            }
+            if self.readiness.is_none() {
+                let fd = self.ring.as_fd().as_raw_fd();
+                // SAFETY: `ring` owns the fd and keeps it open and unchanged
+                // for as long as `readiness` exists (dropped first in Drop).
+                match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+                    Ok(readiness) => self.readiness = Some(readiness),
+                    Err(error) => {
+                        tracing::error!("packet capture: cannot poll the ring buffer: {error}");
+                        return None;
+                    }
+                }
+            }
+            let readiness = self.readiness.as_ref()?;
+            let mut guard = match readiness.readable().await {
+                Ok(guard) => guard,
+                Err(error) => {
+                    tracing::error!("packet capture: polling the ring buffer failed: {error}");
+                    return None;
+                }
+            };
+            // Edge-triggered: forget this readiness, then look again (a
+            // record committed in between re-arms it).
+            guard.clear_ready();
+        }
+    }
+
+    /// The next record already in the ring, owned.
+    fn next_ready(&mut self) -> Option<PacketRecord<'static>> {
+        loop {
+            let item = self.ring.next()?;
+            match parse_record(&item, &self.names, self.clock_offset) {
+                Some(record) => return Some(record.into_owned()),
+                None => {
+                    note_malformed(&mut self.malformed, item.len());
+                }
+            }
+        }
+    }
+
+    /// Ring-buffer records that could not be parsed (never expected: the
+    /// kernel side writes them; counted so that a mismatch is not silent).
+    pub fn malformed(&self) -> u64 {
+        self.malformed
     }
 
     /// The kernel's counters, summed over CPUs. `delivered` counts records
@@ -338,10 +453,57 @@ impl PacketCapture {
 
 impl Drop for PacketCapture {
     fn drop(&mut self) {
+        // Deregister the fd from tokio while `ring` still keeps it open.
         // The programs detach when `_ebpf` drops right after this.
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
+        self.readiness.take();
+    }
+}
+
+fn note_malformed(count: &mut u64, len: usize) {
+    *count += 1;
+    tracing::warn!("packet capture: skipping a malformed ring-buffer record of {len} bytes");
+}
+
+/// Wakes a reader blocked in [`PacketCapture::wait`] from another thread
+/// (an eventfd): signalled once, it stays signalled.
+#[derive(Debug)]
+pub struct StopSignal(OwnedFd);
+
+impl StopSignal {
+    /// A new, unsignalled stop signal.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(StopSignal(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Signals the stop (idempotent).
+    pub fn signal(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer to our eventfd. It
+        // cannot fail short of the counter overflowing, which would take
+        // 2^64 signals; the value only needs to be non-zero.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Whether [`Self::signal`] was called.
+    pub fn is_signalled(&self) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: a valid array of one pollfd; zero timeout.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) == 1 }
+    }
+
+    /// The eventfd, readable once signalled.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 
@@ -378,18 +540,19 @@ fn clock_offset() -> i128 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
-/// Wall time of a kernel monotonic timestamp.
-fn wall_time(monotonic_ns: u64, offset: i128) -> SystemTime {
+/// Wall time (ns since the epoch) of a kernel monotonic timestamp.
+fn wall_ns(monotonic_ns: u64, offset: i128) -> u64 {
     let ns = (i128::from(monotonic_ns) + offset).max(0);
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    u64::try_from(ns).unwrap_or(u64::MAX)
 }
 
-/// A packet from a ring-buffer record, if it is well-formed.
-fn parse_record(
-    bytes: &[u8],
-    names: &StdHashMap<u32, String>,
+/// A packet from a ring-buffer record, if it is well-formed, borrowing
+/// the record's bytes and the interface name.
+fn parse_record<'a>(
+    bytes: &'a [u8],
+    names: &'a [(u32, String)],
     offset: i128,
-) -> Option<PacketRecord> {
+) -> Option<PacketRecord<'a>> {
     let header_len = size_of::<RecordHeader>();
     if bytes.len() < header_len {
         return None;
@@ -398,61 +561,24 @@ fn parse_record(
     let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RecordHeader>()) };
     let data = bytes.get(header_len..header_len + header.cap_len as usize)?;
     Some(PacketRecord {
-        time: wall_time(header.timestamp_ns, offset),
+        ts_ns: wall_ns(header.timestamp_ns, offset),
         ifindex: header.ifindex,
+        // A scan: a handful of interfaces, and no hashing per packet.
         iface: names
-            .get(&header.ifindex)
-            .cloned()
-            .unwrap_or_else(|| format!("if{}", header.ifindex)),
+            .iter()
+            .find(|(index, _)| *index == header.ifindex)
+            .map_or_else(
+                || Cow::Owned(format!("if{}", header.ifindex)),
+                |(_, name)| Cow::Borrowed(name.as_str()),
+            ),
         direction: if header.direction == 0 {
             Direction::Ingress
         } else {
             Direction::Egress
         },
         wire_len: header.wire_len,
-        data: data.to_vec(),
+        data: Cow::Borrowed(data),
     })
-}
-
-async fn read_records(
-    mut ring: AsyncFd<RingBuf<MapData>>,
-    sender: Sender<PacketRecord>,
-    names: StdHashMap<u32, String>,
-    offset: i128,
-) {
-    loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(guard) => guard,
-            Err(error) => {
-                tracing::error!("packet capture: polling the ring buffer failed: {error}");
-                return;
-            }
-        };
-        // Collect first: the ring item borrows the guard, and sending may wait.
-        let mut batch = Vec::new();
-        while let Some(item) = guard.get_inner_mut().next() {
-            match parse_record(&item, &names, offset) {
-                Some(record) => batch.push(record),
-                None => tracing::warn!(
-                    "packet capture: skipping a ring-buffer record of {} bytes",
-                    item.len()
-                ),
-            }
-            if batch.len() >= CHANNEL_CAPACITY {
-                break;
-            }
-        }
-        let drained = batch.len() < CHANNEL_CAPACITY;
-        if drained {
-            guard.clear_ready();
-        }
-        drop(guard);
-        for record in batch {
-            if sender.send(record).await.is_err() {
-                return; // the capture was dropped
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -469,7 +595,7 @@ mod tests {
 
     #[test]
     fn records_parse_and_short_ones_are_skipped() {
-        let names = StdHashMap::from([(3u32, "eth0".to_string())]);
+        let names = [(3u32, "eth0".to_string())];
         assert!(parse_record(&[0u8; 23], &names, 0).is_none());
         let mut record = Vec::new();
         record.extend_from_slice(&1_000_000_123u64.to_ne_bytes());
@@ -483,10 +609,7 @@ mod tests {
         assert_eq!(packet.iface, "eth0");
         assert_eq!(packet.direction, Direction::Egress);
         assert_eq!(packet.wire_len, 60);
-        assert_eq!(packet.data, [1, 2, 3, 4]);
-        assert_eq!(
-            packet.time,
-            UNIX_EPOCH + Duration::from_nanos(6_000_000_123)
-        );
+        assert_eq!(*packet.data, [1, 2, 3, 4]);
+        assert_eq!(packet.ts_ns, 6_000_000_123);
     }
 }

@@ -738,12 +738,12 @@ pub(crate) mod tests {
             let s = PacketSummary::decode(&f);
             let _ = (s.proto_name(), s.src(), s.dst(), s.ports());
             let rec = crate::packets::PacketRecord {
-                time: std::time::UNIX_EPOCH,
+                ts_ns: 0,
                 ifindex: 1,
                 iface: "x".into(),
                 direction: crate::packets::Direction::Ingress,
                 wire_len: (next() % 70_000) as u32,
-                data: f,
+                data: f.into(),
             };
             let _ = crate::packets::text::format_line_with(&rec, &s);
             let _ = crate::packets::json::format_line_with(&rec, &s);

@@ -6,8 +6,6 @@
 //! `icmp_type`, `icmp_code`, `arp_op`. Absent fields are omitted rather than
 //! `null`, so consumers can test for presence.
 
-use std::time::UNIX_EPOCH;
-
 use serde::Serialize;
 
 use super::decode::{Net, PacketSummary, Transport, tcp_flags_string};
@@ -64,13 +62,8 @@ pub struct JsonPacket<'a> {
 
 impl<'a> JsonPacket<'a> {
     /// Builds the JSON form of a record whose bytes are already decoded.
-    pub fn new(rec: &'a PacketRecord, s: &PacketSummary) -> Self {
-        // u64 nanoseconds last until the year 2554; saturate beyond.
-        let ts = rec
-            .time
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+    pub fn new(rec: &'a PacketRecord<'_>, s: &PacketSummary) -> Self {
+        let ts = rec.ts_ns;
         let ports = s.ports();
         let (tcp_flags, icmp) = match &s.transport {
             Transport::Tcp(t) => (t.flags.map(tcp_flags_string), None),
@@ -103,12 +96,12 @@ impl<'a> JsonPacket<'a> {
 }
 
 /// Formats one record as a JSON line (without the trailing newline).
-pub fn format_line(rec: &PacketRecord) -> String {
+pub fn format_line(rec: &PacketRecord<'_>) -> String {
     format_line_with(rec, &PacketSummary::decode(&rec.data))
 }
 
 /// Formats one record whose bytes are already decoded.
-pub fn format_line_with(rec: &PacketRecord, s: &PacketSummary) -> String {
+pub fn format_line_with(rec: &PacketRecord<'_>, s: &PacketSummary) -> String {
     // Serializing plain strings and integers cannot fail; keep a valid
     // line even so rather than panicking.
     serde_json::to_string(&JsonPacket::new(rec, s))
@@ -120,20 +113,19 @@ mod tests {
     use super::super::decode::tests::*;
     use super::*;
     use serde_json::Value;
-    use std::time::Duration;
 
-    fn rec(data: Vec<u8>, dir: Direction) -> PacketRecord {
+    fn rec(data: Vec<u8>, dir: Direction) -> PacketRecord<'static> {
         PacketRecord {
-            time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            ts_ns: 1_700_000_000_123_456_789,
             ifindex: 3,
             iface: "veth1".into(),
             direction: dir,
             wire_len: data.len() as u32 + 10,
-            data,
+            data: data.into(),
         }
     }
 
-    fn parse(r: &PacketRecord) -> Value {
+    fn parse(r: &PacketRecord<'_>) -> Value {
         serde_json::from_str(&format_line(r)).unwrap()
     }
 

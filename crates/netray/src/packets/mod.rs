@@ -6,7 +6,10 @@
 pub mod capture;
 pub mod filter;
 
-use std::time::SystemTime;
+use std::{
+    borrow::Cow,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// Direction a packet was seen in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -19,21 +22,45 @@ pub enum Direction {
 }
 
 /// One captured packet.
+///
+/// The capture hands records out borrowed from its ring buffer
+/// ([`capture::PacketCapture::drain`]), so that writing a packet to a file
+/// costs no allocation; [`PacketRecord::into_owned`] keeps one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PacketRecord {
-    /// When the kernel saw it (wall clock, converted from the kernel's
-    /// monotonic timestamp).
-    pub time: SystemTime,
+pub struct PacketRecord<'a> {
+    /// When the kernel saw it: nanoseconds since the Unix epoch (wall
+    /// clock, converted from the kernel's monotonic timestamp). Kept as an
+    /// integer because every output wants it as one.
+    pub ts_ns: u64,
     /// Interface index.
     pub ifindex: u32,
     /// Interface name (resolved at attach time).
-    pub iface: String,
+    pub iface: Cow<'a, str>,
     /// Ingress or egress.
     pub direction: Direction,
     /// Length on the wire.
     pub wire_len: u32,
     /// The captured bytes from the Ethernet header on (at most the snaplen).
-    pub data: Vec<u8>,
+    pub data: Cow<'a, [u8]>,
+}
+
+impl PacketRecord<'_> {
+    /// When the kernel saw it, as a [`SystemTime`].
+    pub fn time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.ts_ns)
+    }
+
+    /// A copy that owns its bytes (to keep past the ring buffer's turn).
+    pub fn into_owned(self) -> PacketRecord<'static> {
+        PacketRecord {
+            ts_ns: self.ts_ns,
+            ifindex: self.ifindex,
+            iface: Cow::Owned(self.iface.into_owned()),
+            direction: self.direction,
+            wire_len: self.wire_len,
+            data: Cow::Owned(self.data.into_owned()),
+        }
+    }
 }
 
 /// What the kernel could and could not deliver (printed on exit).

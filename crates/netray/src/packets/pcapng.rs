@@ -5,23 +5,25 @@
 //! per (ifindex, name) the first time a packet from it is written
 //! (pcapng allows IDBs anywhere before their first use, which lets a
 //! capture pick up interfaces as they appear), then Enhanced Packet Blocks.
-//! Timestamps are in nanoseconds (`if_tsresol` = 9), because `pcap-file`
-//! always writes EPB timestamps as nanoseconds. Each EPB carries the
+//! Timestamps are in nanoseconds (`if_tsresol` = 9). Each EPB carries the
 //! direction in its `epb_flags` option (inbound = 1, outbound = 2).
+//!
+//! The section header and interface blocks go through `pcap-file`; the
+//! Enhanced Packet Blocks, one per packet, are encoded here straight into
+//! the buffered writer: `pcap-file`'s block type owns an options `Vec`,
+//! an allocation per packet on the capture's hottest path. The tests read
+//! the result back with `pcap-file`'s reader (and the capture tests with
+//! tshark).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::io::{self, Write};
-use std::time::{Duration, UNIX_EPOCH};
 
-use pcap_file::DataLink;
-use pcap_file::PcapError;
 use pcap_file::pcapng::PcapNgWriter;
-use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
 use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
+use pcap_file::{DataLink, Endianness, PcapError};
 
 use super::{Direction, PacketRecord};
 
@@ -39,12 +41,18 @@ fn io_err(e: PcapError) -> io::Error {
     }
 }
 
+/// pcapng block type of an Enhanced Packet Block.
+const EPB_TYPE: u32 = 6;
+/// `epb_flags` option code.
+const OPT_EPB_FLAGS: u16 = 2;
+
 /// Streams [`PacketRecord`]s into a pcapng section.
 pub struct PcapNgSink<W: Write> {
     /// The underlying block writer.
     writer: PcapNgWriter<W>,
-    /// Interface id (IDB index) per (ifindex, name).
-    interfaces: HashMap<(u32, String), u32>,
+    /// (ifindex, name) of each IDB written, in order: the position is the
+    /// interface id. A handful of entries: a scan beats hashing a name.
+    interfaces: Vec<(u32, String)>,
     /// Snaplen recorded in each IDB and enforced on the data.
     snaplen: u32,
     /// Flush after every packet (for pipes, so that readers such as
@@ -60,11 +68,14 @@ impl<W: Write> PcapNgSink<W> {
                 "netray {}",
                 env!("CARGO_PKG_VERSION")
             )))],
+            // Native byte order: the packet blocks are encoded with
+            // `to_ne_bytes` (readers handle either order).
+            endianness: Endianness::native(),
             ..Default::default()
         };
         let mut w = Self {
             writer: PcapNgWriter::with_section_header(writer, shb).map_err(io_err)?,
-            interfaces: HashMap::new(),
+            interfaces: Vec::new(),
             snaplen,
             flush_each,
         };
@@ -77,9 +88,12 @@ impl<W: Write> PcapNgSink<W> {
     /// Declares an interface up front (optional: [`Self::write`] declares
     /// unknown interfaces itself). Returns its interface id.
     pub fn add_interface(&mut self, ifindex: u32, name: &str) -> io::Result<u32> {
-        let key = (ifindex, name.to_string());
-        if let Some(&id) = self.interfaces.get(&key) {
-            return Ok(id);
+        if let Some(id) = self
+            .interfaces
+            .iter()
+            .position(|(index, known)| *index == ifindex && known == name)
+        {
+            return u32::try_from(id).map_err(io::Error::other);
         }
         let id = u32::try_from(self.interfaces.len()).map_err(io::Error::other)?;
         let idb = InterfaceDescriptionBlock {
@@ -91,12 +105,12 @@ impl<W: Write> PcapNgSink<W> {
             ],
         };
         self.writer.write_pcapng_block(idb).map_err(io_err)?;
-        self.interfaces.insert(key, id);
+        self.interfaces.push((ifindex, name.to_string()));
         Ok(id)
     }
 
     /// Writes one packet (an EPB), declaring its interface if needed.
-    pub fn write(&mut self, rec: &PacketRecord) -> io::Result<()> {
+    pub fn write(&mut self, rec: &PacketRecord<'_>) -> io::Result<()> {
         let id = self.add_interface(rec.ifindex, &rec.iface)?;
         // The capture already cuts at the snaplen; cut again so that the
         // file never contradicts its own IDB.
@@ -109,18 +123,37 @@ impl<W: Write> PcapNgSink<W> {
             Direction::Ingress => EPB_FLAG_INBOUND,
             Direction::Egress => EPB_FLAG_OUTBOUND,
         };
-        let epb = EnhancedPacketBlock {
-            interface_id: id,
-            timestamp: rec
-                .time
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO),
-            // A wire length below the captured length would be invalid.
-            original_len: rec.wire_len.max(cap as u32),
-            data: Cow::Borrowed(data),
-            options: vec![EnhancedPacketOption::Flags(flags)],
-        };
-        self.writer.write_pcapng_block(epb).map_err(io_err)?;
+        let ns = rec.ts_ns;
+        // A wire length below the captured length would be invalid.
+        let original_len = rec.wire_len.max(cap as u32);
+        let padding = (4 - cap % 4) % 4;
+        // Fixed fields (28) + data + padding + epb_flags (8) +
+        // opt_endofopt (4) + trailing length (4).
+        let total = u32::try_from(28 + cap + padding + 16).map_err(io::Error::other)?;
+        let mut head = [0u8; 28];
+        for (slot, value) in head.chunks_exact_mut(4).zip([
+            EPB_TYPE,
+            total,
+            id,
+            (ns >> 32) as u32,
+            ns as u32,
+            cap as u32,
+            original_len,
+        ]) {
+            slot.copy_from_slice(&value.to_ne_bytes());
+        }
+        let mut tail = [0u8; 3 + 16];
+        let tail_len = padding + 16;
+        let options = &mut tail[padding..tail_len];
+        options[0..2].copy_from_slice(&OPT_EPB_FLAGS.to_ne_bytes());
+        options[2..4].copy_from_slice(&4u16.to_ne_bytes());
+        options[4..8].copy_from_slice(&flags.to_ne_bytes());
+        // options[8..12] stays zero: opt_endofopt.
+        options[12..16].copy_from_slice(&total.to_ne_bytes());
+        let out = self.writer.get_mut();
+        out.write_all(&head)?;
+        out.write_all(data)?;
+        out.write_all(&tail[..tail_len])?;
         if self.flush_each {
             self.writer.get_mut().flush()?;
         }
@@ -142,7 +175,7 @@ impl<W: Write> PcapNgSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pcap_file::pcapng::{Block, PcapNgReader};
+    use pcap_file::pcapng::{Block, PcapNgReader, blocks::enhanced_packet::EnhancedPacketOption};
 
     #[test]
     fn round_trip_with_pcap_file_reader() {
@@ -154,12 +187,12 @@ mod tests {
         ];
         for (i, (name, idx, dir)) in recs.iter().enumerate() {
             sink.write(&PacketRecord {
-                time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_001 + i as u64),
+                ts_ns: 1_700_000_000_000_000_001 + i as u64,
                 ifindex: *idx,
-                iface: name.to_string(),
+                iface: (*name).into(),
                 direction: *dir,
                 wire_len: 100,
-                data: vec![i as u8; 80],
+                data: vec![i as u8; 80].into(),
             })
             .unwrap();
         }

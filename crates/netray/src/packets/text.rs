@@ -59,16 +59,16 @@ fn addr_port(a: IpAddr, p: Option<u16>) -> String {
 }
 
 /// Formats one record as a line (without the trailing newline).
-pub fn format_line(rec: &PacketRecord) -> String {
+pub fn format_line(rec: &PacketRecord<'_>) -> String {
     let summary = PacketSummary::decode(&rec.data);
     format_line_with(rec, &summary)
 }
 
 /// Formats one record whose bytes are already decoded.
-pub fn format_line_with(rec: &PacketRecord, s: &PacketSummary) -> String {
+pub fn format_line_with(rec: &PacketRecord<'_>, s: &PacketSummary) -> String {
     let mut line = format!(
         "{} {} {} ",
-        local_time_of_day(rec.time),
+        local_time_of_day(rec.time()),
         rec.iface,
         direction_word(rec.direction)
     );
@@ -80,7 +80,7 @@ pub fn format_line_with(rec: &PacketRecord, s: &PacketSummary) -> String {
 }
 
 /// Everything after the interface and direction.
-fn body(rec: &PacketRecord, s: &PacketSummary) -> String {
+fn body(rec: &PacketRecord<'_>, s: &PacketSummary) -> String {
     match &s.net {
         Net::Arp(a) => {
             let ip = |x: Option<std::net::Ipv4Addr>| {
@@ -197,16 +197,15 @@ fn ip_body(ip: &IpInfo, t: &Transport) -> String {
 mod tests {
     use super::super::decode::tests::*;
     use super::*;
-    use std::time::Duration;
 
-    fn rec(data: Vec<u8>, dir: Direction) -> PacketRecord {
+    fn rec(data: Vec<u8>, dir: Direction) -> PacketRecord<'static> {
         PacketRecord {
-            time: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            ts_ns: 1_700_000_000_123_456_000,
             ifindex: 2,
             iface: "eth0".into(),
             direction: dir,
             wire_len: data.len() as u32,
-            data,
+            data: data.into(),
         }
     }
 
