@@ -6,4 +6,5 @@
 pub mod check;
 pub mod conns;
 pub mod inband;
+pub mod packets;
 pub mod resolve;

@@ -10,8 +10,7 @@
 //! - Both only observe: XDP_PASS and TC_ACT_UNSPEC always, malformed
 //!   packets included.
 //!
-//! The layouts here mirror `netray/src/packets/{filter,capture}.rs` (the
-//! userspace tests check the sizes).
+//! The layouts shared with userspace are in `netray_common::packets`.
 #![no_std]
 #![no_main]
 
@@ -27,80 +26,27 @@ use aya_ebpf::{
 };
 use netray_ebpf::{Packet, TcPacket, XdpPacket, zero_words};
 
-/// Filter instructions (see `netray::packets::filter`).
-const MAX_INSNS: usize = 64;
-const OP_RET: u8 = 0;
-const FIELDS: usize = 16;
-const F_ETHER: usize = 0;
-const F_VLAN_COUNT: usize = 1;
-const F_VLAN_ID0: usize = 2;
-const F_VLAN_ID1: usize = 3;
-const F_PROTO: usize = 4;
-const F_PORTS: usize = 5;
-const F_SPORT: usize = 6;
-const F_DPORT: usize = 7;
-const F_SRC: usize = 8;
-const F_DST: usize = 12;
+use netray_common::packets::{
+    CaptureConfig as Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, MAX_INSNS,
+    MAX_SNAPLEN, OP_RET, RawProgram, RecordHeader, field,
+    stat::{
+        COUNT as STAT_COUNT, DELIVERED as STAT_DELIVERED, LOST as STAT_LOST,
+        MATCHED as STAT_MATCHED, SEEN as STAT_SEEN,
+    },
+};
 
-/// Largest snaplen: the per-CPU scratch value must stay under the 32 KiB
-/// per-CPU allocation limit.
-const MAX_SNAPLEN: usize = 16384;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    op: u8,
-    field: u8,
-    jt: u8,
-    jf: u8,
-    mask: u32,
-    lo: u32,
-    hi: u32,
-}
-
-#[repr(C)]
-struct RawProgram {
-    len: u32,
-    pad: u32,
-    insns: [Insn; MAX_INSNS],
-}
-
-/// Capture settings, written by userspace before attaching.
-#[repr(C)]
-struct Config {
-    /// Bytes to copy per packet (clamped to MAX_SNAPLEN).
-    snaplen: u32,
-    /// Nonzero: aggregate flows in PACKETS_FLOWS, no per-packet records.
-    flows: u32,
-}
-
-/// Header of each ring-buffer record; the captured bytes follow.
-#[repr(C)]
-struct RecordHeader {
-    timestamp_ns: u64,
-    ifindex: u32,
-    wire_len: u32,
-    cap_len: u32,
-    /// 0: ingress (XDP), 1: egress (TC).
-    direction: u32,
-}
-
-#[repr(C)]
-struct FlowKey {
-    src: [u8; 16],
-    dst: [u8; 16],
-    sport: u16,
-    dport: u16,
-    ethertype: u16,
-    proto: u8,
-    family: u8,
-}
-
-#[repr(C)]
-struct FlowValue {
-    packets: u64,
-    bytes: u64,
-}
+// Summary word indexes, as array indexes.
+const FIELDS: usize = field::COUNT;
+const F_ETHER: usize = field::ETHER as usize;
+const F_VLAN_COUNT: usize = field::VLAN_COUNT as usize;
+const F_VLAN_ID0: usize = field::VLAN_ID0 as usize;
+const F_VLAN_ID1: usize = field::VLAN_ID1 as usize;
+const F_PROTO: usize = field::PROTO as usize;
+const F_PORTS: usize = field::PORTS as usize;
+const F_SPORT: usize = field::SPORT as usize;
+const F_DPORT: usize = field::DPORT as usize;
+const F_SRC: usize = field::SRC as usize;
+const F_DST: usize = field::DST as usize;
 
 /// Per-CPU working memory: the summary the filter reads (variable-index
 /// access needs map memory), the flow key, and the record being built (too
@@ -112,11 +58,6 @@ struct Scratch {
     header: RecordHeader,
     data: [u8; MAX_SNAPLEN],
 }
-
-const STAT_SEEN: u32 = 0;
-const STAT_MATCHED: u32 = 1;
-const STAT_DELIVERED: u32 = 2;
-const STAT_LOST: u32 = 3;
 
 #[map]
 static PACKETS_FILTER: Array<RawProgram> = Array::with_max_entries(1, 0);
@@ -134,7 +75,7 @@ static PACKETS_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 
 
 /// seen, matched, delivered, lost.
 #[map]
-static PACKETS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+static PACKETS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
 /// Flow mode: packets and bytes per 5-tuple, per CPU. Not preallocated:
 /// a preallocated per-CPU table costs entries x CPUs x value size up front
@@ -311,7 +252,7 @@ fn account_flow(scratch: &mut Scratch, wire_len: u32) {
         bytes: u64::from(wire_len),
     };
     if PACKETS_FLOWS
-        .insert(key, &value, u64::from(BPF_NOEXIST))
+        .insert(key, value, u64::from(BPF_NOEXIST))
         .is_ok()
     {
         count(STAT_DELIVERED);
@@ -385,7 +326,7 @@ fn send(scratch: *mut Scratch, cap: usize) {
 pub fn packets_xdp(ctx: XdpContext) -> u32 {
     let pkt = XdpPacket::new(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
-    if let Some((scratch, cap)) = handle(&pkt, 0, ifindex, 0) {
+    if let Some((scratch, cap)) = handle(&pkt, 0, ifindex, DIRECTION_INGRESS) {
         let copied = cap == 0
             || (cap <= MAX_SNAPLEN
                 // SAFETY: `data` has room for MAX_SNAPLEN bytes >= cap.
@@ -412,7 +353,7 @@ pub fn packets_tc(ctx: TcContext) -> i32 {
     let pkt = TcPacket::new(&ctx);
     // SAFETY: reading a field of the context the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if let Some((scratch, cap)) = handle(&pkt, 1, ifindex, 1) {
+    if let Some((scratch, cap)) = handle(&pkt, 1, ifindex, DIRECTION_EGRESS) {
         let copied = cap == 0
             || (cap <= MAX_SNAPLEN
                 // SAFETY: as in packets_xdp.

@@ -56,10 +56,15 @@ use aya::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
+use netray_common::packets::{
+    self, CaptureConfig as Config, DIRECTION_INGRESS, FlowKey as RawFlowKey,
+    FlowValue as RawFlowValue, RecordHeader, stat,
+};
+
 use super::{CaptureCounts, Direction, PacketRecord, filter};
 
 /// Largest snaplen the kernel copies (its per-CPU record buffer).
-pub const MAX_SNAPLEN: u32 = 16384;
+pub const MAX_SNAPLEN: u32 = packets::MAX_SNAPLEN as u32;
 
 const XDP_PROGRAM: &str = "packets_xdp";
 const TC_PROGRAM: &str = "packets_tc";
@@ -106,51 +111,6 @@ impl Default for CaptureOptions {
         }
     }
 }
-
-/// The kernel's settings map value (mirrors `netray-ebpf/src/packets.rs`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct Config {
-    snaplen: u32,
-    flows: u32,
-}
-// SAFETY: plain repr(C) data without padding.
-unsafe impl aya::Pod for Config {}
-
-/// Header of a ring-buffer record (mirrors the kernel's).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct RecordHeader {
-    timestamp_ns: u64,
-    ifindex: u32,
-    wire_len: u32,
-    cap_len: u32,
-    direction: u32,
-}
-
-/// Flow-table key (mirrors the kernel's).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct RawFlowKey {
-    src: [u8; 16],
-    dst: [u8; 16],
-    sport: u16,
-    dport: u16,
-    ethertype: u16,
-    proto: u8,
-    family: u8,
-}
-// SAFETY: plain repr(C) data without padding (40 bytes).
-unsafe impl aya::Pod for RawFlowKey {}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct RawFlowValue {
-    packets: u64,
-    bytes: u64,
-}
-// SAFETY: plain repr(C) data without padding.
-unsafe impl aya::Pod for RawFlowValue {}
 
 /// One flow's totals from the kernel's flow table (flow mode), summed over
 /// CPUs. Counts both directions' packets of the same 5-tuple separately
@@ -410,10 +370,10 @@ impl PacketCapture {
                 .unwrap_or(0)
         };
         CaptureCounts {
-            seen: read(0),
-            matched: read(1),
-            delivered: read(2),
-            lost: read(3),
+            seen: read(stat::SEEN),
+            matched: read(stat::MATCHED),
+            delivered: read(stat::DELIVERED),
+            lost: read(stat::LOST),
         }
     }
 
@@ -571,7 +531,7 @@ fn parse_record<'a>(
                 || Cow::Owned(format!("if{}", header.ifindex)),
                 |(_, name)| Cow::Borrowed(name.as_str()),
             ),
-        direction: if header.direction == 0 {
+        direction: if header.direction == DIRECTION_INGRESS {
             Direction::Ingress
         } else {
             Direction::Egress
@@ -584,14 +544,6 @@ fn parse_record<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layouts_match_the_kernel() {
-        assert_eq!(size_of::<RecordHeader>(), 24);
-        assert_eq!(size_of::<RawFlowKey>(), 40);
-        assert_eq!(size_of::<RawFlowValue>(), 16);
-        assert_eq!(size_of::<Config>(), 8);
-    }
 
     #[test]
     fn records_parse_and_short_ones_are_skipped() {

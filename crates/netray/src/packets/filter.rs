@@ -59,80 +59,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-/// Most instructions a program may have (the kernel's interpreter loop
-/// bound).
-pub const MAX_INSNS: usize = 64;
-
-/// Fields of a [`Summary`] (indexes into [`Summary::fields`]).
-pub mod field {
-    /// `vlan_count << 16 | ethertype`: the EtherType after the parsed VLAN
-    /// tags, with how many there were (so one comparison checks both).
-    pub const ETHER: u8 = 0;
-    /// Number of VLAN tags parsed (0..=2).
-    pub const VLAN_COUNT: u8 = 1;
-    /// VLAN ID (12 bits) of the outer tag, 0 without.
-    pub const VLAN_ID0: u8 = 2;
-    /// VLAN ID of the second tag, 0 without.
-    pub const VLAN_ID1: u8 = 3;
-    /// IP protocol (IPv6: Next Header, or the fragment header's Next Header).
-    pub const PROTO: u8 = 4;
-    /// 1 when [`SPORT`]/[`DPORT`] hold TCP/UDP/SCTP ports (see the module docs).
-    pub const PORTS: u8 = 5;
-    /// Source port.
-    pub const SPORT: u8 = 6;
-    /// Destination port.
-    pub const DPORT: u8 = 7;
-    /// Source address, 4 big-endian words (IPv4 / ARP sender: word 0 only).
-    pub const SRC: u8 = 8;
-    /// Destination address, 4 big-endian words (IPv4 / ARP target: word 0).
-    pub const DST: u8 = 12;
-    /// Number of fields.
-    pub const COUNT: usize = 16;
-}
-
-/// [`Insn::op`]: return `lo != 0` (match / no match).
-pub const OP_RET: u8 = 0;
-/// [`Insn::op`]: `v = fields[field] & mask`; if `lo <= v <= hi` skip `jt`
-/// instructions, else skip `jf`.
-pub const OP_RANGE: u8 = 1;
-
-/// One filter instruction. Jumps are forward only (relative to the next
-/// instruction), so every program terminates within its length. The same
-/// layout is in the kernel program (`netray-ebpf/src/packets.rs`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Insn {
-    /// [`OP_RET`] or [`OP_RANGE`].
-    pub op: u8,
-    /// A [`field`] index.
-    pub field: u8,
-    /// Instructions to skip when the comparison holds.
-    pub jt: u8,
-    /// Instructions to skip when it does not.
-    pub jf: u8,
-    /// Mask applied to the field first.
-    pub mask: u32,
-    /// Lower bound (inclusive); the verdict of [`OP_RET`].
-    pub lo: u32,
-    /// Upper bound (inclusive).
-    pub hi: u32,
-}
-
-/// A program as the kernel reads it from its Array map (one value).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RawProgram {
-    /// Number of valid instructions.
-    pub len: u32,
-    /// Always zero.
-    pub pad: u32,
-    /// The instructions; past `len`, zero (`OP_RET` 0).
-    pub insns: [Insn; MAX_INSNS],
-}
-
-// SAFETY: plain `repr(C)` data without padding (16-byte instructions
-// after an 8-byte header), valid for any bit pattern.
-unsafe impl aya::Pod for RawProgram {}
+// The program layout and field indexes are shared with the kernel side.
+pub use netray_common::packets::{Insn, MAX_INSNS, OP_RANGE, OP_RET, RawProgram, field};
 
 /// The fields the filter tests, parsed from a frame by [`Summary::parse`]
 /// (and identically by the kernel).

@@ -1,0 +1,186 @@
+//! Types of the packet tracer capture (`netray packets`).
+//!
+//! Userspace compiles the filter into a [`RawProgram`] and writes it and a
+//! [`CaptureConfig`] into single-entry Array maps before attaching; the XDP
+//! (ingress) and TC (egress) programs parse each packet into
+//! [`field::COUNT`] summary words, run the program, and send a matching
+//! packet to the ring buffer as a [`RecordHeader`] followed by the captured
+//! bytes, or, in flow mode, add it to a per-CPU hash of
+//! [`FlowKey`] → [`FlowValue`].
+
+/// Most instructions a filter program may have (the kernel's interpreter
+/// loop bound).
+pub const MAX_INSNS: usize = 64;
+
+/// Largest snaplen: the kernel builds each record in a per-CPU scratch
+/// value, which must stay under the 32 KiB per-CPU allocation limit.
+pub const MAX_SNAPLEN: usize = 16384;
+
+/// Indexes of the summary words the filter tests.
+pub mod field {
+    /// `vlan_count << 16 | ethertype`: the EtherType after the parsed VLAN
+    /// tags, with how many there were (so one comparison checks both).
+    pub const ETHER: u8 = 0;
+    /// Number of VLAN tags parsed (0..=2).
+    pub const VLAN_COUNT: u8 = 1;
+    /// VLAN ID (12 bits) of the outer tag, 0 without.
+    pub const VLAN_ID0: u8 = 2;
+    /// VLAN ID of the second tag, 0 without.
+    pub const VLAN_ID1: u8 = 3;
+    /// IP protocol (IPv6: Next Header, or the fragment header's Next Header).
+    pub const PROTO: u8 = 4;
+    /// 1 when [`SPORT`]/[`DPORT`] hold TCP/UDP/SCTP ports.
+    pub const PORTS: u8 = 5;
+    /// Source port.
+    pub const SPORT: u8 = 6;
+    /// Destination port.
+    pub const DPORT: u8 = 7;
+    /// Source address, 4 big-endian words (IPv4 / ARP sender: word 0 only).
+    pub const SRC: u8 = 8;
+    /// Destination address, 4 big-endian words (IPv4 / ARP target: word 0).
+    pub const DST: u8 = 12;
+    /// Number of fields.
+    pub const COUNT: usize = 16;
+}
+
+/// [`Insn::op`]: return `lo != 0` (match / no match).
+pub const OP_RET: u8 = 0;
+/// [`Insn::op`]: `v = fields[field] & mask`; if `lo <= v <= hi` skip `jt`
+/// instructions, else skip `jf`.
+pub const OP_RANGE: u8 = 1;
+
+/// One filter instruction. Jumps are forward only (relative to the next
+/// instruction), so every program terminates within its length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Insn {
+    /// [`OP_RET`] or [`OP_RANGE`].
+    pub op: u8,
+    /// A [`field`] index.
+    pub field: u8,
+    /// Instructions to skip when the comparison holds.
+    pub jt: u8,
+    /// Instructions to skip when it does not.
+    pub jf: u8,
+    /// Mask applied to the field first.
+    pub mask: u32,
+    /// Lower bound (inclusive); the verdict of [`OP_RET`].
+    pub lo: u32,
+    /// Upper bound (inclusive).
+    pub hi: u32,
+}
+
+/// A filter program as the kernel reads it from its Array map (one value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawProgram {
+    /// Number of valid instructions.
+    pub len: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// The instructions; past `len`, zero (`OP_RET` 0).
+    pub insns: [Insn; MAX_INSNS],
+}
+
+/// Capture settings, written by userspace before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Bytes to copy per packet (the kernel clamps to [`MAX_SNAPLEN`]).
+    pub snaplen: u32,
+    /// Nonzero: aggregate flows, no per-packet records.
+    pub flows: u32,
+}
+
+/// [`RecordHeader::direction`] of a packet seen by XDP.
+pub const DIRECTION_INGRESS: u32 = 0;
+/// [`RecordHeader::direction`] of a packet seen by TC egress.
+pub const DIRECTION_EGRESS: u32 = 1;
+
+/// Header of each ring-buffer record; `cap_len` captured bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `bpf_ktime_get_ns()` when the program ran (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Frame length on the wire.
+    pub wire_len: u32,
+    /// Bytes captured (at most the snaplen).
+    pub cap_len: u32,
+    /// [`DIRECTION_INGRESS`] or [`DIRECTION_EGRESS`].
+    pub direction: u32,
+}
+
+/// Flow-table key (flow mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address (IPv4 and ARP: first 4 bytes).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port (TCP/UDP/SCTP, else 0).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// EtherType after the VLAN tags.
+    pub ethertype: u16,
+    /// IP protocol, 0 for non-IP.
+    pub proto: u8,
+    /// 4 or 6 for IP, 0 otherwise.
+    pub family: u8,
+}
+
+/// Flow-table value (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Packets matched.
+    pub packets: u64,
+    /// Bytes on the wire.
+    pub bytes: u64,
+}
+
+/// Indexes of the per-CPU counters.
+pub mod stat {
+    /// Packets the programs looked at.
+    pub const SEEN: u32 = 0;
+    /// Packets the filter matched.
+    pub const MATCHED: u32 = 1;
+    /// Matched packets queued to userspace (flow mode: added to the table).
+    pub const DELIVERED: u32 = 2;
+    /// Matched packets the ring (or the full flow table) could not take.
+    pub const LOST: u32 = 3;
+    /// Length of the counter array.
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), Copy, integers laid out without implicit padding
+    // (16-byte instructions after an 8-byte header); any bit pattern is valid.
+    unsafe impl aya::Pod for super::RawProgram {}
+    // SAFETY: as above (two u32).
+    unsafe impl aya::Pod for super::CaptureConfig {}
+    // SAFETY: as above (40 bytes: two 16-byte arrays, three u16, two u8).
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above (two u64).
+    unsafe impl aya::Pod for super::FlowValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Insn>(), 16);
+        assert_eq!(size_of::<RawProgram>(), 8 + 16 * MAX_INSNS);
+        assert_eq!(size_of::<CaptureConfig>(), 8);
+        assert_eq!(size_of::<RecordHeader>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 16);
+    }
+}
