@@ -99,7 +99,7 @@ fn be16(b: [u8; 2]) -> u32 {
 
 /// Fills `f` from the packet, exactly as `Summary::parse` does in userspace.
 #[inline(always)]
-fn summarize<P: Packet>(pkt: &P, f: &mut [u32; FIELDS]) {
+fn summarize<P: Packet>(pkt: &P, offload: Option<OffloadTag>, f: &mut [u32; FIELDS]) {
     // SAFETY: 64 bytes at the start of an 8-aligned map value.
     unsafe { zero_words(f.as_mut_ptr().cast::<u64>(), FIELDS / 2) };
     let Some(eth) = pkt.bytes::<14>(0) else {
@@ -108,7 +108,16 @@ fn summarize<P: Packet>(pkt: &P, f: &mut [u32; FIELDS]) {
     let mut ethertype = be16([eth[12], eth[13]]);
     let mut off = 14usize;
     let mut vlans = 0u32;
+    // A tag the skb holds in its metadata is the outer one: it goes on the
+    // wire before any tag in the bytes.
+    if let Some(tag) = offload {
+        f[F_VLAN_ID0] = u32::from(tag.tci) & 0xfff;
+        vlans = 1;
+    }
     for _ in 0..2 {
+        if vlans >= 2 {
+            break;
+        }
         if ethertype != 0x8100 && ethertype != 0x88a8 && ethertype != 0x9100 {
             break;
         }
@@ -268,6 +277,7 @@ fn account_flow(scratch: &mut Scratch, wire_len: u32) {
 #[inline(always)]
 fn handle<P: Packet>(
     pkt: &P,
+    offload: Option<OffloadTag>,
     slot: u32,
     ifindex: u32,
     direction: u32,
@@ -277,13 +287,14 @@ fn handle<P: Packet>(
     // SAFETY: this CPU's slot, used by one program only; programs of one
     // hook do not nest on a CPU.
     let s = unsafe { &mut *scratch };
-    summarize(pkt, &mut s.fields);
+    summarize(pkt, offload, &mut s.fields);
     if !filter(&s.fields) {
         return None;
     }
     count(STAT_MATCHED);
     let config = PACKETS_CONFIG.get(0)?;
-    let wire_len = pkt.total_len() as u32;
+    // On the wire, an offloaded tag is 4 more bytes.
+    let wire_len = pkt.total_len() as u32 + if offload.is_some() { 4 } else { 0 };
     if config.flows != 0 {
         account_flow(s, wire_len);
         return None;
@@ -326,7 +337,7 @@ fn send(scratch: *mut Scratch, cap: usize) {
 pub fn packets_xdp(ctx: XdpContext) -> u32 {
     let pkt = XdpPacket::new(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
-    if let Some((scratch, cap)) = handle(&pkt, 0, ifindex, DIRECTION_INGRESS) {
+    if let Some((scratch, cap)) = handle(&pkt, None, 0, ifindex, DIRECTION_INGRESS) {
         let copied = cap == 0
             || (cap <= MAX_SNAPLEN
                 // SAFETY: `data` has room for MAX_SNAPLEN bytes >= cap.
@@ -348,23 +359,35 @@ pub fn packets_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// A VLAN tag the skb holds in its metadata (transmit offload) rather than
+/// in its bytes.
+#[derive(Clone, Copy)]
+struct OffloadTag {
+    /// TPID (0x8100, 0x88a8), host order.
+    tpid: u16,
+    /// Priority, DEI and VLAN ID, host order.
+    tci: u16,
+}
+
 #[classifier]
 pub fn packets_tc(ctx: TcContext) -> i32 {
     let pkt = TcPacket::new(&ctx);
-    // SAFETY: reading a field of the context the kernel passed in.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if let Some((scratch, cap)) = handle(&pkt, 1, ifindex, DIRECTION_EGRESS) {
-        let copied = cap == 0
-            || (cap <= MAX_SNAPLEN
-                // SAFETY: as in packets_xdp.
-                && unsafe {
-                    bpf_skb_load_bytes(
-                        ctx.skb.skb.cast(),
-                        0,
-                        (&raw mut (*scratch).data).cast(),
-                        cap as u32,
-                    )
-                } == 0);
+    let skb = ctx.skb.skb;
+    // SAFETY: reading fields of the context the kernel passed in.
+    let (ifindex, offload) = unsafe {
+        let offload = ((*skb).vlan_present != 0).then(|| OffloadTag {
+            // __sk_buff.vlan_proto is in network order, vlan_tci in host order.
+            tpid: u16::from_be((*skb).vlan_proto as u16),
+            tci: (*skb).vlan_tci as u16,
+        });
+        ((*skb).ifindex, offload)
+    };
+    if let Some((scratch, cap)) = handle(&pkt, offload, 1, ifindex, DIRECTION_EGRESS) {
+        let copied = match offload {
+            None => cap == 0 || load_skb(&ctx, 0, scratch, 0, cap),
+            // SAFETY: `scratch` is this CPU's slot (see `handle`).
+            Some(tag) => unsafe { copy_with_tag(&ctx, scratch, cap, tag) },
+        };
         if copied {
             send(scratch, cap);
         } else {
@@ -373,6 +396,54 @@ pub fn packets_tc(ctx: TcContext) -> i32 {
     }
     // UNSPEC: with tcx, "continue with the next program"; never drop/alter.
     TC_ACT_UNSPEC
+}
+
+/// Copies `len` bytes of the skb from `offset` to `data[at..]`.
+#[inline(always)]
+fn load_skb(ctx: &TcContext, offset: u32, scratch: *mut Scratch, at: usize, len: usize) -> bool {
+    // The compiler may know `len > 0` from the caller and drop the check,
+    // which the verifier cannot follow: make it check again.
+    let len = core::hint::black_box(len);
+    if len == 0 || at > 16 || len > MAX_SNAPLEN - at {
+        return false;
+    }
+    // SAFETY: `data` has room for MAX_SNAPLEN bytes >= at + len.
+    unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset,
+            (&raw mut (*scratch).data).cast::<u8>().add(at).cast(),
+            len as u32,
+        ) == 0
+    }
+}
+
+/// Copies the first `cap` bytes of the frame as it goes on the wire: the
+/// MAC addresses, the offloaded tag, then the rest of the skb (what
+/// libpcap shows for such packets too).
+///
+/// # Safety
+/// `scratch` must be this CPU's scratch slot.
+#[inline(always)]
+unsafe fn copy_with_tag(
+    ctx: &TcContext,
+    scratch: *mut Scratch,
+    cap: usize,
+    tag: OffloadTag,
+) -> bool {
+    // The first 16 bytes (MACs + tag), built apart so that a snaplen below
+    // 16 still gets a prefix of the tagged frame.
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+        return false;
+    };
+    let mut head = [0u8; 16];
+    head[..12].copy_from_slice(&macs);
+    head[12..14].copy_from_slice(&tag.tpid.to_be_bytes());
+    head[14..16].copy_from_slice(&tag.tci.to_be_bytes());
+    // All 16 even when `cap` is smaller: only `cap` bytes are sent.
+    // SAFETY: the caller's slot; `data` is MAX_SNAPLEN >= 16 bytes long.
+    unsafe { (&raw mut (*scratch).data).cast::<[u8; 16]>().write(head) };
+    cap <= 16 || load_skb(ctx, 12, scratch, 16, cap - 16)
 }
 
 #[cfg(not(test))]

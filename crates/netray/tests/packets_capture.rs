@@ -782,3 +782,97 @@ fn command_stops_after_count() -> Result<()> {
     }
     Ok(())
 }
+
+/// A VLAN tag the skb carries in its metadata (transmit VLAN offload, as
+/// NICs and veth do) is on the wire but not in the packet bytes at TC
+/// egress. The capture must show it like libpcap does: in the filter
+/// (`vlan 42` matches) and in the bytes (tag after the MAC addresses, wire
+/// length 4 more). This kernel has no 8021q module, so a fixture program
+/// (crates/netray-ebpf/src/testing.rs), attached before ours, gives UDP
+/// datagrams to port 7002 the tag with `bpf_skb_vlan_push`.
+#[test]
+fn egress_shows_offloaded_vlan_tags() -> Result<()> {
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+    const TAGGED_PORT: u16 = 7002;
+    const PLAIN_PORT: u16 = 7003;
+    const TCI: u16 = (5 << 13) | 42;
+    let (tb, iface) = testbed()?;
+    let (server4, client4) = (tb.server_addr(Family::V4), tb.client_addr(Family::V4));
+    let program = Program::compile("vlan 42 and udp")?;
+    tb.server().run(|| -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let options = CaptureOptions {
+                direction: Directions::Out,
+                ..CaptureOptions::default()
+            };
+            let mut capture =
+                PacketCapture::attach(std::slice::from_ref(&iface), &program, options)?;
+            let mut fixture = aya::Ebpf::load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/netray-testing"
+            )))?;
+            let push: &mut SchedClassifier = fixture
+                .program_mut("testing_vlan_push")
+                .context("fixture program missing")?
+                .try_into()?;
+            push.load()?;
+            push.attach_with_options(
+                &iface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )?;
+            let socket = UdpSocket::bind(SocketAddr::new(server4, 0))?;
+            for _ in 0..N {
+                socket.send_to(b"tagged", (client4, TAGGED_PORT))?;
+                socket.send_to(b"plain", (client4, PLAIN_PORT))?;
+            }
+            let mut records = Vec::new();
+            for _ in 0..N {
+                let record = tokio::time::timeout(TIMEOUT, capture.next())
+                    .await
+                    .context("a tagged datagram was not captured")?
+                    .context("capture ended")?;
+                records.push(record);
+            }
+            // Nothing else matches: the untagged datagrams stay out.
+            let extra = tokio::time::timeout(Duration::from_millis(300), capture.next()).await;
+            ensure!(extra.is_err(), "an untagged packet matched: {extra:?}");
+            let counts = capture.counts();
+            ensure!(counts.matched == N as u64, "{counts:?}");
+            // Ethernet + tag + IPv4 + UDP + "tagged".
+            let expected_len = 14 + 4 + 20 + 8 + 6;
+            for record in &records {
+                let data = &record.data;
+                ensure!(data.len() == expected_len, "{data:02x?}");
+                assert_eq!(record.wire_len as usize, expected_len);
+                assert_eq!(data[12..14], [0x81, 0x00], "TPID");
+                assert_eq!(data[14..16], TCI.to_be_bytes(), "TCI");
+                assert_eq!(data[16..18], [0x08, 0x00], "inner EtherType");
+                assert_eq!(data[18 + 20 + 2..18 + 20 + 4], TAGGED_PORT.to_be_bytes());
+                assert_eq!(&data[data.len() - 6..], b"tagged");
+                assert_eq!(record.direction, Direction::Egress);
+            }
+            // tcpdump reads the tag where we put it.
+            let frames: Vec<&[u8]> = records.iter().map(|r| &r.data[..]).collect();
+            let dir = std::env::temp_dir().join(format!("netray-vlan-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let pcap = dir.join("tagged.pcap");
+            write_pcap(&pcap, &frames)?;
+            let output = Command::new("tcpdump")
+                .args(["-n", "-e", "-r"])
+                .arg(&pcap)
+                .arg("vlan 42 and udp dst port 7002")
+                .output()?;
+            let _ = std::fs::remove_dir_all(&dir);
+            let text = String::from_utf8_lossy(&output.stdout);
+            ensure!(
+                text.lines().count() == N && text.contains("vlan 42, p 5"),
+                "tcpdump: {text}"
+            );
+            Ok(())
+        })
+    })?
+}

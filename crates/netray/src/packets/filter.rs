@@ -51,8 +51,11 @@
 //! packet aborts a libpcap filter (no match, even under `not`), while here
 //! the missing field simply does not match.
 //! (`not port 53` matches a UDP packet truncated inside its header here.)
-//! The filter sees what the hook sees: on TC egress, a VLAN tag the stack
-//! keeps in the skb's metadata (hardware offload) is not in the packet.
+//! On TC egress a VLAN tag the stack keeps in the skb's metadata (transmit
+//! offload) counts as the outer tag, as libpcap shows it; the capture
+//! inserts it into the bytes too. At XDP ingress, a tag the NIC stripped
+//! into metadata (`rxvlan` offload) is invisible to XDP: turn the offload
+//! off (`ethtool -K IFACE rxvlan off`) to filter on it.
 
 use std::{
     fmt,
