@@ -51,6 +51,14 @@ pub enum RouterBehavior {
     /// Forwards TCP (and ICMP errors) but drops forwarded UDP and ICMP/ICMPv6
     /// echo requests, both directions, in the `forward` hook.
     DropUdpIcmp,
+    /// A NAT in front of the server for client-initiated connections (port
+    /// forwarding): TCP arriving on the router's client-facing interface
+    /// addressed to the router's client-facing address is destination-NATed
+    /// to the server (IPv4 and IPv6, any port), so the client reaches the
+    /// server at `router_addr(k, Side::Client, family)`. Replies, and the
+    /// ICMP errors that belong to such connections, are translated back by
+    /// conntrack as usual. Other traffic is unaffected.
+    PortForward,
 }
 
 /// Interface name of link `link` at both of its ends (`link<i>`); names only
@@ -273,8 +281,13 @@ impl Topology {
 
     /// The nftables chains (inside `table inet netray`) for node `i`.
     fn nft_rules(&self, i: usize) -> String {
-        let (mut pre, mut out, mut fwd, mut post) =
-            (String::new(), String::new(), String::new(), String::new());
+        let (mut pre, mut out, mut fwd, mut post, mut dnat) = (
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
         for &(link, percent) in &self.losses {
             // Node i touches link i-1 (client side) and link i (server side).
             if link == i || link + 1 == i {
@@ -305,6 +318,17 @@ impl Topology {
                     };
                     let _ = writeln!(post, "oifname \"{}\" masquerade", link_ifname(link));
                 }
+                RouterBehavior::PortForward => {
+                    let ifname = link_ifname(k - 1);
+                    for (family, keyword) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
+                        let public = link_addr(k - 1, Side::Server, family);
+                        let server = link_addr(self.routers, Side::Server, family);
+                        let _ = writeln!(
+                            dnat,
+                            "iifname \"{ifname}\" {keyword} daddr {public} meta l4proto tcp dnat {keyword} to {server}"
+                        );
+                    }
+                }
             }
         }
         [
@@ -312,6 +336,7 @@ impl Topology {
             ("output", "filter hook output priority filter", out),
             ("forward", "filter hook forward priority filter", fwd),
             ("postrouting", "nat hook postrouting priority srcnat", post),
+            ("portforward", "nat hook prerouting priority dstnat", dnat),
         ]
         .into_iter()
         .filter(|(_, _, rules)| !rules.is_empty())

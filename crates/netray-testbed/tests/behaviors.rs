@@ -77,6 +77,24 @@ fn nat_toward_client_hides_the_server() -> Result<()> {
 }
 
 #[test]
+fn port_forward_puts_the_server_behind_the_router_address() -> Result<()> {
+    let tb = Topology::chain(3)
+        .router(2, RouterBehavior::PortForward)
+        .build()?;
+    for family in FAMILIES {
+        // The client connects to router 2's client-facing address; the
+        // server accepts it, seeing the client's own address.
+        let public = tb.router_addr(2, Side::Client, family);
+        let peer = peer_seen(tb.client(), tb.server(), public)?;
+        assert_eq!(peer, tb.client_addr(family), "{family:?}");
+        // The server's own address still works directly.
+        let peer = peer_seen(tb.client(), tb.server(), tb.server_addr(family))?;
+        assert_eq!(peer, tb.client_addr(family), "{family:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn drop_udp_icmp_router_passes_only_tcp_and_icmp_errors() -> Result<()> {
     let tb = Topology::chain(2)
         .router(1, RouterBehavior::DropUdpIcmp)

@@ -522,6 +522,42 @@ mod tests {
     }
 
     #[test]
+    fn outbound_probes_below_a_fresh_connections_isn_wrap_around_zero() {
+        // `netray trace` right after the handshake: the peer acknowledged
+        // only our SYN, so `acked` is ISN + 1 and the probes take the SYN's
+        // sequence number and the ones below it, here across zero.
+        let mut tpl = template();
+        tpl.acked = 3;
+        let mut t = Trace::new(
+            EngineConfig {
+                max_hops: 8,
+                probes_per_ttl: 2,
+            },
+            &tpl,
+        );
+        for attempt in 0..2 {
+            for ttl in 1..=8 {
+                t.record_sent(ttl, attempt, 1_000_000);
+            }
+        }
+        assert_eq!(t.probe_seq(1, 0), 2);
+        assert_eq!(t.probe_seq(4, 0), u32::MAX);
+        assert_eq!(t.probe_seq(8, 1), 3u32.wrapping_sub(16));
+        t.on_event(&icmp(t.probe_seq(1, 0), "10.0.0.1", 2_000_000));
+        t.on_event(&icmp(t.probe_seq(2, 0), "10.0.1.1", 2_000_000));
+        t.on_event(&icmp(t.probe_seq(3, 0), "10.0.2.1", 2_000_000));
+        // The peer's D-SACK for the TTL 4 probe: the block [2^32 - 1, 0).
+        let mut answer = dsack(t.probe_seq(4, 0), 3_000_000);
+        answer.ack = 3;
+        assert_eq!(t.on_event(&answer), Verdict::Matched);
+        assert_eq!(t.destination_ttl(), Some(4));
+        let hops = t.final_hops();
+        assert_eq!(hops.len(), 4);
+        assert!(hops[3].destination);
+        assert_eq!(hops[3].rtt_ms, vec![2.0]);
+    }
+
+    #[test]
     fn unreached_destination_lists_every_ttl() {
         let mut t = trace(5, 1);
         t.on_event(&icmp(t.probe_seq(1, 0), "10.0.0.1", 2));

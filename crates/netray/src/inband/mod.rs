@@ -10,6 +10,15 @@
 //! - [`tracer`]: [`PathTracer`] implementation tying it all together.
 //! - [`model`]: the result types (the `/trace.json` contract).
 //! - [`PathTracer`]: what the HTTP server asks of the engine.
+//!
+//! Both directions use the same engine: `netray serve` traces back to the
+//! visitors of its listening ports (the capture tracks those connections
+//! from their SYN), `netray trace` traces forward to a service it connects
+//! to (it registers the flow before connecting and runs rounds with
+//! [`tracer::InbandTracer::trace_flow`]). Either way "local" is this host
+//! and "peer" the other end; the probes sit in sequence space the peer has
+//! acknowledged, which after a bare handshake is the SYN's sequence number
+//! and the bytes just below it.
 
 pub mod capture;
 pub mod engine;
@@ -26,7 +35,8 @@ use tokio::sync::watch;
 
 pub use model::{Hop, TraceResult, TraceSnapshot};
 
-/// The TCP connection to trace, as the server accepted it.
+/// The TCP connection to trace, as the server accepted it (`netray serve`)
+/// or as `netray trace` opened it.
 #[derive(Debug)]
 pub struct Connection {
     /// Our address and port (the probes' source).

@@ -52,6 +52,21 @@ impl ReverseDns {
         }
     }
 
+    /// No lookups at all: every name stays unknown (`netray trace -n`).
+    pub fn disabled() -> Self {
+        Self {
+            resolver: None,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Whether a lookup of `addr` was started and has not finished yet.
+    pub fn is_pending(&self, addr: IpAddr) -> bool {
+        self.cache
+            .lock()
+            .is_ok_and(|cache| matches!(cache.get(&addr), Some(Entry::Pending)))
+    }
+
     /// Starts a lookup of `addr` unless it is cached or under way.
     pub fn lookup_in_background(&self, addr: IpAddr) {
         let Some(resolver) = self.resolver.clone() else {

@@ -44,6 +44,9 @@ pub struct TracerConfig {
     pub grace_min: Duration,
     /// Longest wait for late replies after the last probe.
     pub grace_max: Duration,
+    /// Look up hop names (reverse DNS, in the background). Off: no DNS
+    /// queries at all and no hostnames.
+    pub reverse_dns: bool,
 }
 
 impl Default for TracerConfig {
@@ -53,6 +56,7 @@ impl Default for TracerConfig {
             idle_timeout: Duration::from_secs(3),
             grace_min: Duration::from_millis(30),
             grace_max: Duration::from_millis(1500),
+            reverse_dns: true,
         }
     }
 }
@@ -99,12 +103,64 @@ impl InbandTracer {
                 capture,
                 sender: ProbeSender::open()?,
                 config,
-                rdns: ReverseDns::from_system(),
+                rdns: if config.reverse_dns {
+                    ReverseDns::from_system()
+                } else {
+                    ReverseDns::disabled()
+                },
                 shared: SharedHops::default(),
                 counters: Counters::default(),
                 traces: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The capture the tracer uses; register flows for
+    /// [`InbandTracer::trace_flow`] with it.
+    pub fn capture(&self) -> &Arc<Capture> {
+        &self.inner.capture
+    }
+
+    /// The reverse DNS cache the tracer fills hop names from.
+    pub fn reverse_dns(&self) -> &ReverseDns {
+        &self.inner.rdns
+    }
+
+    /// Runs one trace of `connection` on a flow the caller registered with
+    /// [`InbandTracer::capture`] and keeps registered: the outbound direction
+    /// (`netray trace`), which registers the flow before connecting so the
+    /// capture sees the handshake, and traces the same connection again and
+    /// again with `--watch`.
+    ///
+    /// Unlike [`PathTracer::trace`] nothing is joined or remembered: every
+    /// call is a new round. Events left over from an earlier round are
+    /// discarded, the flow is armed for the round and disarmed after it.
+    /// `progress` receives the hops as they come in (its `done`/`error` are
+    /// left alone: the returned value is the outcome).
+    pub async fn trace_flow(
+        &self,
+        connection: &Connection,
+        subscription: &mut FlowSubscription,
+        progress: &watch::Sender<TraceSnapshot>,
+    ) -> Result<TraceResult, TraceError> {
+        let key = (canonical(connection.local), canonical(connection.peer));
+        if key.0.is_ipv4() != key.1.is_ipv4() {
+            return Err(TraceError::Unsupported("mixed address families".into()));
+        }
+        if subscription.key != flow_key(key.0, key.1) {
+            return Err(TraceError::Unsupported(format!(
+                "the subscription is not the flow of {} -> {}",
+                key.0, key.1
+            )));
+        }
+        let counters = &self.inner.counters;
+        counters.started.fetch_add(1, Relaxed);
+        let outcome = run_round(&self.inner, connection, key, subscription, progress).await;
+        match &outcome {
+            Ok(_) => counters.completed.fetch_add(1, Relaxed),
+            Err(_) => counters.failed.fetch_add(1, Relaxed),
+        };
+        outcome
     }
 }
 
@@ -259,25 +315,55 @@ async fn run_trace(
     key: ConnectionKey,
     tx: &watch::Sender<TraceSnapshot>,
 ) -> Result<TraceResult, TraceError> {
-    let config = inner.config;
     let mut subscription = inner
         .capture
         .register(flow_key(key.0, key.1))
         .map_err(|e| TraceError::Internal(format!("{e:#}")))?;
-    let template = wait_for_template(connection, key, &subscription, config.idle_timeout).await?;
+    run_round(inner, connection, key, &mut subscription, tx).await
+}
+
+/// One trace of a registered flow: waits for a template, arms the flow,
+/// probes, collects, and disarms the flow again (so a caller that keeps the
+/// subscription, like `netray trace --watch`, can run the next round).
+async fn run_round(
+    inner: &Inner,
+    connection: &Connection,
+    key: ConnectionKey,
+    subscription: &mut FlowSubscription,
+    tx: &watch::Sender<TraceSnapshot>,
+) -> Result<TraceResult, TraceError> {
+    // Late replies to an earlier round of this flow are not answers to this one.
+    while subscription.events.try_recv().is_ok() {}
+    let config = inner.config;
+    let template = wait_for_template(connection, key, subscription, config.idle_timeout).await?;
     subscription
         .set_armed(true)
         .map_err(|e| TraceError::Internal(format!("arming the flow: {e:#}")))?;
+    let result = probe_and_collect(inner, connection, key, subscription, &template, tx).await;
+    if let Err(error) = subscription.set_armed(false) {
+        debug!(peer = %key.1, "disarming the flow: {error:#}");
+    }
+    result
+}
 
+async fn probe_and_collect(
+    inner: &Inner,
+    connection: &Connection,
+    key: ConnectionKey,
+    subscription: &mut FlowSubscription,
+    template: &ProbeTemplate,
+    tx: &watch::Sender<TraceSnapshot>,
+) -> Result<TraceResult, TraceError> {
+    let config = inner.config;
     let started = Instant::now();
-    let mut trace = Trace::new(config.engine, &template);
+    let mut trace = Trace::new(config.engine, template);
     let max_hops = trace.config().max_hops;
     let probes_per_ttl = trace.config().probes_per_ttl.max(1);
 
     // Round 1: one probe per TTL, all at once.
     let mut sent = 0;
     for ttl in 1..=max_hops {
-        send_probe(inner, &template, &mut trace, ttl, 0)?;
+        send_probe(inner, template, &mut trace, ttl, 0)?;
         sent += 1;
     }
     let round1_deadline = Instant::now() + config.grace_max;
@@ -285,7 +371,7 @@ async fn run_trace(
     // Collect until the destination is known (or round 1 times out).
     while trace.destination_ttl().is_none() && Instant::now() < round1_deadline {
         if !next_event(
-            &mut subscription,
+            subscription,
             &mut trace,
             round1_deadline,
             &mut max_rtt,
@@ -309,7 +395,7 @@ async fn run_trace(
         }
         for attempt in 1..probes_per_ttl {
             for ttl in trace.ttls_to_probe() {
-                send_probe(inner, &template, &mut trace, ttl, attempt)?;
+                send_probe(inner, template, &mut trace, ttl, attempt)?;
                 sent += 1;
             }
         }
@@ -319,20 +405,10 @@ async fn run_trace(
     let grace = (max_rtt * 10).clamp(config.grace_min, config.grace_max);
     let deadline = Instant::now() + grace;
     while !trace.is_complete() && Instant::now() < deadline {
-        if !next_event(
-            &mut subscription,
-            &mut trace,
-            deadline,
-            &mut max_rtt,
-            inner,
-            tx,
-        )
-        .await
-        {
+        if !next_event(subscription, &mut trace, deadline, &mut max_rtt, inner, tx).await {
             break;
         }
     }
-    drop(subscription);
     debug!(peer = %key.1, sent, elapsed = ?started.elapsed(), "trace finished");
 
     let mut hops = trace.final_hops();
