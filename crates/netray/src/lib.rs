@@ -27,22 +27,41 @@ pub mod objects;
 pub mod packets;
 pub mod privileges;
 pub mod serve;
-pub mod tracefs;
 pub mod trace;
+pub mod tracefs;
 
-/// Completes on Ctrl-C or SIGTERM, the signals every long-running command
-/// stops on. (On SIGKILL the kernel closes our bpf_link fds, which detaches
-/// the programs all the same.)
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+/// Completes on Ctrl-C (SIGINT) or SIGTERM, the signals every
+/// long-running command stops on. (On SIGKILL the kernel closes our
+/// bpf_link fds, which detaches the programs all the same.)
+///
+/// Called inside a tokio runtime, it takes over both signals at once, so
+/// that one arriving while the command is still setting up ends it through
+/// its normal exit path (accounting printed, output flushed) rather than
+/// the default action, which kills the process. Called outside, it takes
+/// them over when first polled.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let listen = || -> std::io::Result<(Signal, Signal)> {
+        Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let early = tokio::runtime::Handle::try_current().ok().map(|_| listen());
+    async move {
+        match early.unwrap_or_else(listen) {
+            Ok((mut interrupt, mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            // No signal handling available (never expected): run until
+            // the process is killed.
+            Err(error) => {
+                tracing::warn!("cannot listen for SIGINT/SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

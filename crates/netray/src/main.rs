@@ -65,8 +65,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Packets(args) => {
             netray::privileges::require("packets", netray::privileges::EBPF_COMMAND)?;
             let config = args.validate()?;
-            tokio::runtime::Runtime::new()?
-                .block_on(netray::packets::run::run(config, netray::shutdown_signal()))?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            // In the runtime's context: the signals are taken over now,
+            // before the capture is set up.
+            let shutdown = {
+                let _context = runtime.enter();
+                netray::shutdown_signal()
+            };
+            runtime.block_on(netray::packets::run::run(config, shutdown))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Conns(args) => netray::conns::command(*args),
@@ -91,6 +97,8 @@ async fn serve(config: netray::serve::ServeConfig) -> anyhow::Result<()> {
         engine::EngineConfig,
         tracer::{InbandTracer, TracerConfig},
     };
+    // First: a signal during setup then ends serve the normal way.
+    let shutdown = netray::shutdown_signal();
     let interfaces = if config.engine.interfaces.is_empty() {
         let found = up_interfaces()?;
         anyhow::ensure!(
@@ -122,5 +130,5 @@ async fn serve(config: netray::serve::ServeConfig) -> anyhow::Result<()> {
         },
     )?;
     tracing::info!(?interfaces, "capture attached");
-    netray::serve::run(config, std::sync::Arc::new(tracer), netray::shutdown_signal()).await
+    netray::serve::run(config, std::sync::Arc::new(tracer), shutdown).await
 }
