@@ -30,6 +30,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "pebble",
     "curl",
     "util-linux",
+    // The connection tracer's tests run python3 client/server processes.
+    "python3-minimal",
 ];
 
 /// The bpf-linker version that matches rustc's LLVM (see DEVELOPERS.md).

@@ -65,3 +65,13 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
         }
     }
 }
+
+/// [`shutdown_signal`] for a command that drives `runtime` with
+/// `block_on`: created in the runtime's context, so that the signals are
+/// taken over before the command's setup runs.
+pub fn shutdown_signal_for(
+    runtime: &tokio::runtime::Runtime,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let _context = runtime.enter();
+    shutdown_signal()
+}

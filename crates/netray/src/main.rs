@@ -66,12 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netray::privileges::require("packets", netray::privileges::EBPF_COMMAND)?;
             let config = args.validate()?;
             let runtime = tokio::runtime::Runtime::new()?;
-            // In the runtime's context: the signals are taken over now,
-            // before the capture is set up.
-            let shutdown = {
-                let _context = runtime.enter();
-                netray::shutdown_signal()
-            };
+            let shutdown = netray::shutdown_signal_for(&runtime);
             runtime.block_on(netray::packets::run::run(config, shutdown))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -128,12 +128,9 @@ pub fn command(args: ConnsArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // In the runtime's context: the signals are taken over now, before the
-    // programs are loaded (a Ctrl-C during setup still prints the summary).
-    let shutdown = {
-        let _context = runtime.enter();
-        crate::shutdown_signal()
-    };
+    // Before the programs are loaded: a Ctrl-C during setup still prints
+    // the summary.
+    let shutdown = crate::shutdown_signal_for(&runtime);
     runtime.block_on(run::run(config, shutdown))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -341,15 +341,13 @@ impl PacketCapture {
 
     /// The next record already in the ring, owned.
     fn next_ready(&mut self) -> Option<PacketRecord<'static>> {
-        loop {
-            let item = self.ring.next()?;
-            match parse_record(&item, &self.names, self.clock_offset) {
-                Some(record) => return Some(record.into_owned()),
-                None => {
-                    note_malformed(&mut self.malformed, item.len());
-                }
-            }
-        }
+        let mut next = None;
+        // The count and the break are in `next`: one record, or none waiting.
+        let _ = self.drain(|record| {
+            next = Some(record.clone().into_owned());
+            ControlFlow::Break(())
+        });
+        next
     }
 
     /// Ring-buffer records that could not be parsed (never expected: the
