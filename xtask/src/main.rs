@@ -2,12 +2,18 @@
 //!
 //! - `cargo xtask setup`: install what building and testing need (idempotent).
 //! - `cargo xtask demo`:  setup, build, and run the self-contained demo.
-//! - `cargo xtask test`:  setup, then fmt, clippy and the whole test suite,
-//!   kernel tests included; fails if any test was skipped.
+//! - `cargo xtask test [--kernel host|5.10|6.1|6.12|all]`: setup, then fmt,
+//!   clippy and the whole test suite, kernel tests included, on the host
+//!   kernel and in QEMU guests booted with Debian's distribution kernels
+//!   (default: all); fails if any test failed or was skipped on any kernel.
+//! - `cargo xtask vm --kernel 6.1 -- CMD...`: one command in such a guest.
 //! - `cargo xtask bench`: setup, then the benchmarks (figures, not pass/fail).
 //!
-//! Setup downloads nothing but crates, Debian packages and the nightly
-//! toolchain's `rust-src` component.
+//! Setup downloads nothing but crates, Debian packages (the 5.10 kernel from
+//! Debian 11's suite of the same archive), virtme-ng from PyPI and the
+//! nightly toolchain's `rust-src` component.
+
+mod matrix;
 
 use std::{
     env,
@@ -15,6 +21,8 @@ use std::{
     process::{Command, ExitCode, Stdio},
     time::Instant,
 };
+
+use matrix::Selection;
 
 /// Debian packages the tests, benchmarks and demo use.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -44,16 +52,37 @@ fn main() -> ExitCode {
     let task = args.first().map(String::as_str).unwrap_or("help");
     let started = Instant::now();
     let result = match task {
-        "setup" => setup(),
+        "setup" => setup().and_then(|()| {
+            if args.iter().any(|a| a == "--kernels") {
+                setup_kernels()
+            } else {
+                Ok(())
+            }
+        }),
         "demo" => setup().and_then(|()| demo(&args[1..])),
-        "test" => setup().and_then(|()| test()),
+        "test" => kernel_selection(&args[1..]).and_then(|selection| {
+            setup()?;
+            if !selection.guests().is_empty() {
+                setup_kernels()?;
+            }
+            test(&selection)
+        }),
         "bench" => setup().and_then(|()| bench()),
+        "vm" => vm(&args[1..]),
+        // Inside a guest (see matrix.rs); not for developers.
+        "guest-run" => args
+            .get(1)
+            .ok_or_else(|| "guest-run RUN_DIR".to_string())
+            .and_then(|dir| matrix::guest_run(Path::new(dir))),
+        "guest-prepare" => matrix::guest_prepare(),
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|demo|test|bench>");
+            println!(
+                "usage: cargo xtask <setup [--kernels]|demo|test [--kernel host|5.10|6.1|6.12|all]|bench|vm --kernel K -- CMD>"
+            );
             return ExitCode::SUCCESS;
         }
         other => Err(format!(
-            "unknown task {other:?}; expected setup, demo, test or bench"
+            "unknown task {other:?}; expected setup, demo, test, bench or vm"
         )),
     };
     match result {
@@ -76,6 +105,40 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// `--kernel NAME` (or `--kernel=NAME`) among `args`; all when absent.
+fn kernel_selection(args: &[String]) -> Result<Selection> {
+    let mut selection = Selection::All;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let value = if arg == "--kernel" {
+            iter.next()
+                .ok_or("--kernel needs a value: host, all, 5.10, 6.1 or 6.12")?
+                .as_str()
+        } else if let Some(value) = arg.strip_prefix("--kernel=") {
+            value
+        } else {
+            return Err(format!("unknown argument {arg:?}"));
+        };
+        selection = Selection::parse(value)?;
+    }
+    Ok(selection)
+}
+
+/// `cargo xtask vm --kernel NAME -- CMD...`
+fn vm(args: &[String]) -> Result {
+    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let selection = kernel_selection(&args[..split])?;
+    let Selection::Guest(name) = selection else {
+        return Err("vm needs --kernel with one guest kernel: 5.10, 6.1 or 6.12".into());
+    };
+    setup_kernels()?;
+    matrix::run_command_in_guest(
+        &workspace_root(),
+        &name,
+        args.get(split + 1..).unwrap_or(&[]),
+    )
 }
 
 fn run(cmd: &mut Command) -> Result {
@@ -216,7 +279,146 @@ fn bench() -> Result {
     run(&mut cmd)
 }
 
-fn test() -> Result {
+/// Installs what the kernel matrix's guests need: QEMU, busybox (virtme-ng's
+/// init), virtme-ng (PyPI) and Debian's kernels 6.1 and 6.12 (Debian 12) and
+/// 5.10 (Debian 11's suite of the same archive, pinned so that nothing else
+/// is ever taken from it). Idempotent.
+fn setup_kernels() -> Result {
+    let started = Instant::now();
+    let mut packages: Vec<String> = ["qemu-system-x86", "busybox-static"]
+        .iter()
+        .filter(|pkg| !dpkg_installed(pkg))
+        .map(|pkg| (*pkg).to_string())
+        .collect();
+    if matrix::kernel_image("6.1").is_err() {
+        packages.push("linux-image-amd64".into());
+    }
+    if matrix::kernel_image("6.12").is_err() {
+        packages.push("linux-image-6.12-amd64".into());
+    }
+    let need_5_10 = matrix::kernel_image("5.10").is_err();
+    if need_5_10 {
+        add_bullseye_source()?;
+    }
+    if !packages.is_empty() || need_5_10 {
+        run(privileged("apt-get").arg("update").arg("-qq"))?;
+    }
+    if need_5_10 {
+        // The ABI number changes with Debian's updates: take the newest.
+        let search = output(Command::new("apt-cache").args([
+            "search",
+            "--names-only",
+            r"^linux-image-5\.10\.0-[0-9]+-amd64$",
+        ]))
+        .unwrap_or_default();
+        let mut names: Vec<&str> = search
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        names.sort_by_key(|n| {
+            n.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|p| p.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        });
+        let newest = names
+            .last()
+            .ok_or("no linux-image-5.10.0-*-amd64 in the bullseye suite")?;
+        packages.push((*newest).to_string());
+    }
+    if !packages.is_empty() {
+        eprintln!(
+            "xtask setup: installing the matrix's kernels and QEMU: {}",
+            packages.join(" ")
+        );
+        // INITRD=No: virtme-ng boots the kernels without an initramfs, so
+        // the minutes update-initramfs would spend are saved.
+        run(privileged("env")
+            .args([
+                "DEBIAN_FRONTEND=noninteractive",
+                "INITRD=No",
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
+            .args(&packages))?;
+    }
+    if output(Command::new("vng").arg("--version")).is_none() {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &format!("virtme-ng=={VIRTME_NG_VERSION}"),
+        ]))?;
+    }
+    eprintln!(
+        "xtask setup: kernel matrix ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// virtme-ng, which boots the guests (PyPI).
+const VIRTME_NG_VERSION: &str = "1.42";
+
+fn dpkg_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// Debian 11's suite of the machine's archive, for the 5.10 kernel only.
+fn add_bullseye_source() -> Result {
+    let sources = Path::new("/etc/apt/sources.list.d/netray-bullseye.sources");
+    let preferences = Path::new("/etc/apt/preferences.d/netray-bullseye");
+    if sources.exists() && preferences.exists() {
+        return Ok(());
+    }
+    // The same archive as the machine's own sources.
+    let current =
+        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    let uri = current
+        .lines()
+        .filter_map(|l| l.strip_prefix("URIs:"))
+        .map(str::trim)
+        .find(|u| !u.contains("security"))
+        .unwrap_or("http://deb.debian.org/debian")
+        .to_string();
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    write(
+        sources,
+        format!(
+            "Types: deb\nURIs: {uri}\nSuites: bullseye\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ),
+    )?;
+    // Priority 1: never chosen on its own, only when named (the kernel).
+    write(
+        preferences,
+        "Package: *\nPin: release n=bullseye\nPin-Priority: 1\n".into(),
+    )
+}
+
+/// Passed/failed/ignored tests, summed over `test result:` lines.
+#[derive(Clone, Copy, Debug, Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn add(&mut self, other: TestTotals) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+}
+
+fn test(selection: &Selection) -> Result {
+    let started = Instant::now();
     run(cargo().args(["fmt", "--all", "--", "--check"]))
         .map_err(|e| format!("{e} (run `cargo fmt --all`)"))?;
     // Userspace crates for the host; the eBPF crate for its own target
@@ -246,6 +448,47 @@ fn test() -> Result {
             "warnings",
         ]))?;
 
+    let mut stages: Vec<(String, TestTotals, f64)> = Vec::new();
+    let mut errors = Vec::new();
+    if selection.host() {
+        let stage_started = Instant::now();
+        match host_tests() {
+            Ok(totals) => {
+                stages.push(("host".into(), totals, stage_started.elapsed().as_secs_f64()))
+            }
+            Err(e) => errors.push(format!("host kernel: {e}")),
+        }
+    }
+    let mut disable_kvm = None;
+    for name in selection.guests() {
+        let stage_started = Instant::now();
+        match matrix::run_suite_in_guest(cargo(), &workspace_root(), name, &mut disable_kvm) {
+            Ok(totals) => stages.push((name.into(), totals, stage_started.elapsed().as_secs_f64())),
+            Err(e) => errors.push(e),
+        }
+    }
+    println!("kernel matrix:");
+    let mut all = TestTotals::default();
+    for (name, totals, seconds) in &stages {
+        println!(
+            "  {name:<5} {} passed, {} failed, {} ignored, {seconds:.0} s",
+            totals.passed, totals.failed, totals.ignored
+        );
+        all.add(*totals);
+    }
+    for error in &errors {
+        println!("  FAILED {error}");
+    }
+    println!("  total {:.0} s", started.elapsed().as_secs_f64());
+    if !errors.is_empty() {
+        return Err(format!("{} kernel stage(s) failed", errors.len()));
+    }
+    println!("summary: {} passed, 0 failed", all.passed);
+    Ok(())
+}
+
+/// The whole suite on the host kernel, through `cargo test`.
+fn host_tests() -> Result<TestTotals> {
     // Kernel tests need root: run the test binaries through sudo when we are not.
     let mut cmd = cargo();
     cmd.args([
@@ -258,6 +501,7 @@ fn test() -> Result {
     if !is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
+    cmd.env("NETRAY_KERNEL_STAGE", "host");
     // Output to a file, not a pipe: a process a test leaked (or left behind
     // by a crash) could hold a pipe open and stall us; we wait for cargo.
     let log_path = env::temp_dir().join(format!("netray-test-{}.log", std::process::id()));
@@ -272,26 +516,25 @@ fn test() -> Result {
         .map_err(|e| format!("reading {}: {e}", log_path.display()))?;
     let _ = std::fs::remove_file(&log_path);
     print!("{stdout}");
+    let totals = test_totals(&stdout);
     if !status.success() {
         return Err(format!("cargo test failed: {status}"));
     }
-    let (passed, ignored) = test_totals(&stdout);
-    if ignored > 0 {
+    if totals.ignored > 0 {
         return Err(format!(
-            "{ignored} test(s) were skipped (ignored); every test, kernel tests included, must run"
+            "{} test(s) were skipped (ignored); every test, kernel tests included, must run",
+            totals.ignored
         ));
     }
-    if passed == 0 {
+    if totals.passed == 0 {
         return Err("no test ran".into());
     }
-    println!("summary: {passed} passed, 0 failed");
-    Ok(())
+    Ok(totals)
 }
 
-/// Sums `N passed` and `N ignored` over every `test result:` line.
-fn test_totals(stdout: &str) -> (u64, u64) {
-    let mut passed = 0;
-    let mut ignored = 0;
+/// Sums `N passed`, `N failed` and `N ignored` over every `test result:` line.
+fn test_totals(stdout: &str) -> TestTotals {
+    let mut totals = TestTotals::default();
     for line in stdout.lines().filter(|l| l.starts_with("test result:")) {
         for part in line.split(';') {
             let mut words = part.split_whitespace().rev();
@@ -300,11 +543,12 @@ fn test_totals(stdout: &str) -> (u64, u64) {
             };
             let number: u64 = number.parse().unwrap_or(0);
             match label {
-                "passed" => passed += number,
-                "ignored" => ignored += number,
+                "passed" => totals.passed += number,
+                "failed" => totals.failed += number,
+                "ignored" => totals.ignored += number,
                 _ => {}
             }
         }
     }
-    (passed, ignored)
+    totals
 }
