@@ -459,11 +459,17 @@ fn test(selection: &Selection) -> Result {
             Err(e) => errors.push(format!("host kernel: {e}")),
         }
     }
-    let mut disable_kvm = None;
-    for name in selection.guests() {
-        let stage_started = Instant::now();
-        match matrix::run_suite_in_guest(cargo(), &workspace_root(), name, &mut disable_kvm) {
-            Ok(totals) => stages.push((name.into(), totals, stage_started.elapsed().as_secs_f64())),
+    let guests = selection.guests();
+    if !guests.is_empty() {
+        match matrix::run_suites_in_guests(cargo(), &workspace_root(), &guests, guest_jobs()) {
+            Ok(results) => {
+                for (name, result, seconds) in results {
+                    match result {
+                        Ok(totals) => stages.push((name, totals, seconds)),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
             Err(e) => errors.push(e),
         }
     }
@@ -485,6 +491,16 @@ fn test(selection: &Selection) -> Result {
     }
     println!("summary: {} passed, 0 failed", all.passed);
     Ok(())
+}
+
+/// How many guests run at once (`NETRAY_GUEST_JOBS`, default 1). With
+/// TCG a guest is CPU-bound, but the suite also waits (timeouts, paced
+/// probes), so two guests on two cores overlap some of that.
+fn guest_jobs() -> usize {
+    env::var("NETRAY_GUEST_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The whole suite on the host kernel, through `cargo test`.

@@ -218,27 +218,65 @@ fn accelerator(image: &Path, run_dir: &Path) -> bool {
     }
 }
 
+/// Runs the whole test suite in guests booted with each kernel of `names`,
+/// up to `jobs` guests at a time; returns each kernel's totals (or why it
+/// failed) and the seconds it took, in the order of `names`.
+pub fn run_suites_in_guests(
+    cargo: Command,
+    workspace: &Path,
+    names: &[&str],
+    jobs: usize,
+) -> Result<Vec<(String, Result<TestTotals>, f64)>> {
+    let binaries = test_binaries(cargo)?;
+    let first = kernel_image(names.first().ok_or("no guest kernel selected")?)?;
+    let probe_dir = workspace.join("target/kernel-matrix");
+    fs::create_dir_all(&probe_dir).map_err(|e| format!("creating {}: {e}", probe_dir.display()))?;
+    let disable = accelerator(&first, &probe_dir);
+    let mut results = Vec::new();
+    for chunk in names.chunks(jobs.max(1)) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|name| {
+                    let binaries = &binaries;
+                    scope.spawn(move || {
+                        let started = Instant::now();
+                        let result = run_suite_in_guest(binaries, workspace, name, disable);
+                        (name.to_string(), result, started.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            for handle in handles {
+                results.push(
+                    handle.join().unwrap_or_else(|_| {
+                        ("?".into(), Err("a guest thread panicked".into()), 0.0)
+                    }),
+                );
+            }
+        });
+    }
+    Ok(results)
+}
+
 /// Runs the whole test suite in a guest booted with kernel `name`; returns
 /// its totals. Fails if a binary fails, a test is ignored, or the guest
 /// does not report back.
-pub fn run_suite_in_guest(
-    cargo: Command,
+fn run_suite_in_guest(
+    binaries: &[TestBinary],
     workspace: &Path,
     name: &str,
-    disable_kvm: &mut Option<bool>,
+    disable: bool,
 ) -> Result<TestTotals> {
     let started = Instant::now();
     let image = kernel_image(name)?;
-    let binaries = test_binaries(cargo)?;
     let run_dir = workspace.join("target/kernel-matrix").join(name);
     let _ = fs::remove_dir_all(&run_dir);
     fs::create_dir_all(&run_dir).map_err(|e| format!("creating {}: {e}", run_dir.display()))?;
     let mut plan = String::new();
-    for binary in &binaries {
+    for binary in binaries {
         plan.push_str(&format!("{}\t{}\n", binary.package_dir, binary.executable));
     }
     fs::write(run_dir.join("plan"), plan).map_err(|e| format!("writing the plan: {e}"))?;
-    let disable = *disable_kvm.get_or_insert_with(|| accelerator(&image, &run_dir));
 
     let xtask = env::current_exe().map_err(|e| format!("locating xtask: {e}"))?;
     let console = fs::File::create(run_dir.join("console.log"))
