@@ -27,7 +27,7 @@ pub const GUEST_KERNELS: &[(&str, &str)] = &[
 
 /// How long one guest may take for the whole suite (TCG is slow; a hung
 /// test must not eat CI's budget).
-const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What `--kernel` selects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,6 +322,7 @@ fn run_suite_in_guest(
     let results = fs::read_to_string(run_dir.join("results")).unwrap_or_default();
     let mut totals = TestTotals::default();
     let mut failures = Vec::new();
+    let mut unreported = Vec::new();
     for (index, binary) in binaries.iter().enumerate() {
         let log = run_dir.join(format!("{index}.log"));
         let output = fs::read_to_string(&log).unwrap_or_default();
@@ -332,14 +333,28 @@ fn run_suite_in_guest(
             .find(|l| l.split('\t').next() == Some(&index.to_string()));
         match line.and_then(|l| l.split('\t').nth(1)) {
             Some("0") => {}
-            Some(code) => failures.push(format!("{} exited {code}", binary.executable)),
-            None => failures.push(format!("{} did not report", binary.executable)),
+            Some(code) => failures.push(format!(
+                "{} exited {code} (log: {})",
+                short_name(&binary.executable),
+                log.display()
+            )),
+            None => unreported.push(short_name(&binary.executable)),
         }
     }
+    if !unreported.is_empty() {
+        failures.push(format!("did not run to the end: {}", unreported.join(" ")));
+    }
     let console_log = run_dir.join("console.log");
+    let console_text = fs::read_to_string(&console_log).unwrap_or_default();
+    let last_running = console_text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("guest: running "))
+        .map(short_name)
+        .unwrap_or_else(|| "(none started)".into());
     match status {
         None => failures.push(format!(
-            "the guest did not finish within {} min (console: {})",
+            "the guest did not finish within {} min, last running {last_running} (console: {})",
             GUEST_TIMEOUT.as_secs() / 60,
             console_log.display()
         )),
@@ -402,6 +417,18 @@ pub fn run_command_in_guest(workspace: &Path, name: &str, command: &[String]) ->
         Ok(())
     } else {
         Err(format!("the command in the {name} guest failed: {status}"))
+    }
+}
+
+/// `trace_e2e` for `.../deps/trace_e2e-0123abcd`.
+fn short_name(executable: &str) -> String {
+    let file = Path::new(executable)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match file.rsplit_once('-') {
+        Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.into(),
+        _ => file,
     }
 }
 
