@@ -405,7 +405,9 @@ pub fn packets_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn packets_xdp_linear(ctx: XdpContext) -> u32 {
     // SAFETY: `scratch` is this CPU's slot (see `handle`).
-    capture_xdp(&ctx, |scratch, cap| unsafe { copy_linear(&ctx, scratch, cap) })
+    capture_xdp(&ctx, |scratch, cap| unsafe {
+        copy_linear(&ctx, scratch, cap)
+    })
 }
 
 /// The XDP program, with `copy` copying the first `cap` (> 0) bytes of the

@@ -4,6 +4,11 @@
 //! and hands over the captured packets as [`PacketRecord`]s, or, in flow
 //! mode, the kernel's per-flow totals.
 //!
+//! Ingress has two program variants, loaded best first (see
+//! [`XDP_PROGRAMS`]): one copying bytes with `bpf_xdp_load_bytes` (5.18+),
+//! one with direct packet access for older kernels. Before 6.6 (no tcx) TC
+//! egress is attached through a clsact qdisc and a netlink filter.
+//!
 //! Two ways to read packets: [`PacketCapture::drain`] with
 //! [`PacketCapture::wait`] on a thread of its own (what `netray packets`
 //! does: records are borrowed from the ring and written out without a copy
