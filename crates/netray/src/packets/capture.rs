@@ -5,7 +5,7 @@
 //! mode, the kernel's per-flow totals.
 //!
 //! Ingress has two program variants, loaded best first (see
-//! [`XDP_PROGRAMS`]): one copying bytes with `bpf_xdp_load_bytes` (5.18+),
+//! `XDP_PROGRAMS`): one copying bytes with `bpf_xdp_load_bytes` (5.18+),
 //! one with direct packet access for older kernels. Before 6.6 (no tcx) TC
 //! egress is attached through a clsact qdisc and a netlink filter.
 //!
