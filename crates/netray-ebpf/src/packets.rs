@@ -9,10 +9,19 @@
 //!   table.
 //! - Both only observe: XDP_PASS and TC_ACT_UNSPEC always, malformed
 //!   packets included.
+//! - `packets_xdp_linear` is `packets_xdp` for kernels without
+//!   `bpf_xdp_load_bytes` (before 5.18): it copies the frame with direct
+//!   packet access. Userspace loads it when `packets_xdp` does not load.
+//!
+//! Older verifiers (before ~6.8) lose a size argument's bounds across the
+//! range check LLVM emits (`len - 1 < MAX` on a copy of `len`): every
+//! variable size passed to a helper goes through [`size_arg`].
 //!
 //! The layouts shared with userspace are in `netray_common::packets`.
 #![no_std]
 #![no_main]
+// `asm!` on the BPF target, for `opaque` (the eBPF crate builds on nightly).
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
@@ -99,6 +108,33 @@ fn be16(b: [u8; 2]) -> u32 {
     u32::from(u16::from_be_bytes(b))
 }
 
+/// `value`, which LLVM can no longer relate to anything it computed before
+/// (no instruction is emitted).
+#[inline(always)]
+fn opaque(mut value: u64) -> u64 {
+    // SAFETY: an empty asm block: the register is left as it is.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) value, options(pure, nomem, nostack)) };
+    value
+}
+
+/// `len` in a register the verifier knows to be within `1..=max`, for a
+/// helper's size argument; `None` when it is not.
+///
+/// LLVM turns `len != 0 && len <= max` into `len - 1 < max` computed in
+/// another register, or into a check of whatever `len` was computed from,
+/// and then passes `len`, whose bounds verifiers before 6.12 do not learn
+/// from that check ("R4 min value is negative", "invalid access to map
+/// value ... size=0"). Here `len - 1` is opaque to LLVM, so the check is
+/// on it, and the argument is computed from the checked register.
+#[inline(always)]
+fn size_arg(len: usize, max: usize) -> Option<u32> {
+    let below = opaque((len as u64).wrapping_sub(1));
+    if below >= max as u64 {
+        return None;
+    }
+    Some((opaque(below) + 1) as u32)
+}
+
 /// Fills `f` from the packet, exactly as `Summary::parse` does in userspace.
 #[inline(always)]
 fn summarize<P: Packet>(pkt: &P, offload: Option<OffloadTag>, f: &mut [u32; FIELDS]) {
@@ -178,9 +214,13 @@ fn summarize<P: Packet>(pkt: &P, offload: Option<OffloadTag>, f: &mut [u32; FIEL
             }
         }
         0x0806 | 0x8035 => {
-            if let (Some(s), Some(d)) = (pkt.bytes::<4>(off + 14), pkt.bytes::<4>(off + 24)) {
-                f[F_SRC] = u32::from_be_bytes(s);
-                f[F_DST] = u32::from_be_bytes(d);
+            // One read of both addresses (sender at 14, target at 24): with
+            // two, LLVM merges the helpers' results into one test, after
+            // which verifiers before 6.12 see a path where the first
+            // address was never loaded ("R1 !read_ok").
+            if let Some(arp) = pkt.bytes::<28>(off) {
+                f[F_SRC] = u32::from_be_bytes([arp[14], arp[15], arp[16], arp[17]]);
+                f[F_DST] = u32::from_be_bytes([arp[24], arp[25], arp[26], arp[27]]);
             }
         }
         _ => {}
@@ -332,38 +372,52 @@ fn handle<P: Packet>(
 /// Sends the header and the first `cap` bytes of `data` as one record.
 #[inline(always)]
 fn send(scratch: *mut Scratch, cap: usize) {
-    let len = size_of::<RecordHeader>() + cap;
-    if len > size_of::<RecordHeader>() + MAX_SNAPLEN {
+    let Some(len) = size_arg(
+        size_of::<RecordHeader>() + cap,
+        size_of::<RecordHeader>() + MAX_SNAPLEN,
+    ) else {
+        count(STAT_LOST);
         return;
-    }
+    };
     // SAFETY: header and data are contiguous in the map value (repr(C), the
     // header's size is a multiple of 8) and `len` stays inside them.
-    let record =
-        unsafe { core::slice::from_raw_parts((&raw const (*scratch).header).cast::<u8>(), len) };
-    if PACKETS_EVENTS.output::<[u8]>(record, 0).is_ok() {
-        count(STAT_DELIVERED);
-    } else {
-        count(STAT_LOST);
-    }
+    let record = unsafe {
+        core::slice::from_raw_parts((&raw const (*scratch).header).cast::<u8>(), len as usize)
+    };
+    let sent = PACKETS_EVENTS.output::<[u8]>(record, 0).is_ok();
+    count(if sent { STAT_DELIVERED } else { STAT_LOST });
 }
 
 #[xdp]
 pub fn packets_xdp(ctx: XdpContext) -> u32 {
-    let pkt = XdpPacket::new(&ctx);
+    capture_xdp(&ctx, |scratch, cap| {
+        let Some(len) = size_arg(cap, MAX_SNAPLEN) else {
+            return false;
+        };
+        // SAFETY: `data` has room for MAX_SNAPLEN bytes >= len.
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, (&raw mut (*scratch).data).cast(), len) == 0 }
+    })
+}
+
+/// `packets_xdp` for kernels without `bpf_xdp_load_bytes` (before 5.18).
+/// XDP frames are linear unless the program declares it handles fragments
+/// (these do not), so direct packet access reaches every byte.
+#[xdp]
+pub fn packets_xdp_linear(ctx: XdpContext) -> u32 {
+    // SAFETY: `scratch` is this CPU's slot (see `handle`).
+    capture_xdp(&ctx, |scratch, cap| unsafe {
+        copy_linear(&ctx, scratch, cap)
+    })
+}
+
+/// The XDP program, with `copy` copying the first `cap` (> 0) bytes of the
+/// frame into the scratch slot's `data`.
+#[inline(always)]
+fn capture_xdp(ctx: &XdpContext, copy: impl FnOnce(*mut Scratch, usize) -> bool) -> u32 {
+    let pkt = XdpPacket::new(ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
     if let Some((scratch, cap)) = handle(&pkt, None, 0, ifindex, DIRECTION_INGRESS) {
-        let copied = cap == 0
-            || (cap <= MAX_SNAPLEN
-                // SAFETY: `data` has room for MAX_SNAPLEN bytes >= cap.
-                && unsafe {
-                    bpf_xdp_load_bytes(
-                        ctx.ctx,
-                        0,
-                        (&raw mut (*scratch).data).cast(),
-                        cap as u32,
-                    )
-                } == 0);
-        if copied {
+        if cap == 0 || copy(scratch, cap) {
             send(scratch, cap);
         } else {
             count(STAT_LOST);
@@ -371,6 +425,135 @@ pub fn packets_xdp(ctx: XdpContext) -> u32 {
     }
     // Observe only: the stack always gets the packet.
     xdp_action::XDP_PASS
+}
+
+/// Copies the 8 bytes at `src` to `dst` with one 8-byte load and store,
+/// whatever their alignment: LLVM splits an unaligned access into 8 byte
+/// accesses (16 instructions), and the verifier allows unaligned packet and
+/// map value access where the CPU handles it (`!strict_alignment`).
+///
+/// # Safety
+/// Both must be valid for 8 bytes.
+#[inline(always)]
+unsafe fn copy_word(dst: *mut u8, src: usize) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "{t} = *(u64 *)({s} + 0)",
+            "*(u64 *)({d} + 0) = {t}",
+            s = in(reg) src,
+            d = in(reg) dst,
+            t = out(reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Copies the 64 bytes at `src` to `dst`, 8 at a time (see [`copy_word`]),
+/// in 16 instructions.
+///
+/// # Safety
+/// Both must be valid for 64 bytes.
+#[inline(always)]
+unsafe fn copy_block(dst: *mut u8, src: usize) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "{t} = *(u64 *)({s} + 0)",
+            "*(u64 *)({d} + 0) = {t}",
+            "{t} = *(u64 *)({s} + 8)",
+            "*(u64 *)({d} + 8) = {t}",
+            "{t} = *(u64 *)({s} + 16)",
+            "*(u64 *)({d} + 16) = {t}",
+            "{t} = *(u64 *)({s} + 24)",
+            "*(u64 *)({d} + 24) = {t}",
+            "{t} = *(u64 *)({s} + 32)",
+            "*(u64 *)({d} + 32) = {t}",
+            "{t} = *(u64 *)({s} + 40)",
+            "*(u64 *)({d} + 40) = {t}",
+            "{t} = *(u64 *)({s} + 48)",
+            "*(u64 *)({d} + 48) = {t}",
+            "{t} = *(u64 *)({s} + 56)",
+            "*(u64 *)({d} + 56) = {t}",
+            s = in(reg) src,
+            d = in(reg) dst,
+            t = out(reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Copies the first `cap` bytes of the XDP frame to `data` with direct
+/// packet access: 64-byte blocks, then up to eight 8-byte words, the last
+/// one ending at the frame's end when the frame ends inside it (bytes
+/// between `cap` and the word's end are copied too, and not sent). Frames
+/// shorter than a word fail (none exist: Ethernet frames have 14 bytes
+/// at least, and drivers and the stack hand XDP nothing shorter).
+///
+/// # Safety
+/// `scratch` must be this CPU's scratch slot.
+#[inline(always)]
+unsafe fn copy_linear(ctx: &XdpContext, scratch: *mut Scratch, cap: usize) -> bool {
+    const BLOCK: usize = 64;
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let frame = end - data;
+    if frame < 8 || frame > u16::MAX as usize || cap > frame || cap > MAX_SNAPLEN {
+        return false;
+    }
+    // SAFETY: the caller's slot.
+    let dst = unsafe { (&raw mut (*scratch).data).cast::<u8>() };
+    // The verifier walks this loop once per iteration (the offset is a
+    // known constant in each), ~25 instructions each.
+    let mut off = 0usize;
+    for _ in 0..MAX_SNAPLEN / BLOCK {
+        if off + BLOCK > cap {
+            break;
+        }
+        // LLVM knows off + BLOCK <= cap <= frame and would drop the check
+        // the verifier needs: hide where `src` comes from.
+        let src = opaque((data + off) as u64) as usize;
+        if src + BLOCK > end {
+            return false;
+        }
+        // SAFETY: [off, off + BLOCK) is inside the frame (checked) and
+        // inside `data` (off + BLOCK <= cap <= MAX_SNAPLEN).
+        unsafe { copy_block(dst.add(off), src) };
+        off += BLOCK;
+    }
+    // The loop leaves at a different constant offset on every iteration:
+    // through map memory the tail sees one unknown (bounds-checked) offset,
+    // so it is verified once, not once per exit.
+    // SAFETY: the caller's slot; `pc` is free once the filter has run.
+    let off = unsafe {
+        let slot = &raw mut (*scratch).pc;
+        core::ptr::write_volatile(slot, off as u64);
+        core::ptr::read_volatile(slot) as usize
+    };
+    if off > MAX_SNAPLEN {
+        return false;
+    }
+    let mut off = off;
+    for _ in 0..BLOCK / 8 {
+        if off >= cap {
+            return true;
+        }
+        // The word at `off`, or the last one of the frame if the frame
+        // ends first (then it covers [off, frame) as frame - 8 < off).
+        let at = if off + 8 <= frame { off } else { frame - 8 };
+        if at > MAX_SNAPLEN - 8 {
+            return false;
+        }
+        let src = opaque((data + at) as u64) as usize;
+        if src + 8 > end {
+            return false;
+        }
+        // SAFETY: [at, at + 8) is inside the frame (checked) and inside
+        // `data` (at <= MAX_SNAPLEN - 8).
+        unsafe { copy_word(dst.add(at), src) };
+        off += 8;
+    }
+    off >= cap
 }
 
 /// A VLAN tag the skb holds in its metadata (transmit offload) rather than
@@ -412,22 +595,23 @@ pub fn packets_tc(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Copies `len` bytes of the skb from `offset` to `data[at..]`.
+/// Copies `len` bytes of the skb from `offset` to `data[at..]` (`at` is
+/// 0 or 16).
 #[inline(always)]
 fn load_skb(ctx: &TcContext, offset: u32, scratch: *mut Scratch, at: usize, len: usize) -> bool {
-    // The compiler may know `len > 0` from the caller and drop the check,
-    // which the verifier cannot follow: make it check again.
-    let len = core::hint::black_box(len);
-    if len == 0 || at > 16 || len > MAX_SNAPLEN - at {
+    if at > 16 {
         return false;
     }
+    let Some(len) = size_arg(len, MAX_SNAPLEN - at) else {
+        return false;
+    };
     // SAFETY: `data` has room for MAX_SNAPLEN bytes >= at + len.
     unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
             offset,
             (&raw mut (*scratch).data).cast::<u8>().add(at).cast(),
-            len as u32,
+            len,
         ) == 0
     }
 }

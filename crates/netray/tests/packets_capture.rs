@@ -819,11 +819,26 @@ fn egress_shows_offloaded_vlan_tags() -> Result<()> {
                 .context("fixture program missing")?
                 .try_into()?;
             push.load()?;
-            push.attach_with_options(
-                &iface,
-                TcAttachType::Egress,
-                TcAttachOptions::TcxOrder(LinkOrder::first()),
-            )?;
+            // Before ours: first in the tcx chain, or (before 6.6, no tcx)
+            // a netlink filter of a higher priority than ours (the
+            // kernel gave ours 49152; lower runs first).
+            if push
+                .attach_with_options(
+                    &iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .is_err()
+            {
+                push.attach_with_options(
+                    &iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::Netlink(aya::programs::tc::NlOptions {
+                        priority: 1,
+                        ..Default::default()
+                    }),
+                )?;
+            }
             let socket = UdpSocket::bind(SocketAddr::new(server4, 0))?;
             for _ in 0..N {
                 socket.send_to(b"tagged", (client4, TAGGED_PORT))?;

@@ -4,6 +4,11 @@
 //! and hands over the captured packets as [`PacketRecord`]s, or, in flow
 //! mode, the kernel's per-flow totals.
 //!
+//! Ingress has two program variants, loaded best first (see
+//! `XDP_PROGRAMS`): one copying bytes with `bpf_xdp_load_bytes` (5.18+),
+//! one with direct packet access for older kernels. Before 6.6 (no tcx) TC
+//! egress is attached through a clsact qdisc and a netlink filter.
+//!
 //! Two ways to read packets: [`PacketCapture::drain`] with
 //! [`PacketCapture::wait`] on a thread of its own (what `netray packets`
 //! does: records are borrowed from the ring and written out without a copy
@@ -52,7 +57,7 @@ use anyhow::{Context as _, anyhow, ensure};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{SchedClassifier, Xdp},
+    programs::{ProgramError, ProgramInfo, SchedClassifier, Xdp},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -66,7 +71,11 @@ use super::{CaptureCounts, Direction, PacketRecord, filter};
 /// Largest snaplen the kernel copies (its per-CPU record buffer).
 pub const MAX_SNAPLEN: u32 = packets::MAX_SNAPLEN as u32;
 
-const XDP_PROGRAM: &str = "packets_xdp";
+/// The XDP program variants, best first: `packets_xdp` copies packet bytes
+/// with `bpf_xdp_load_bytes` (5.18+); `packets_xdp_linear` with direct
+/// packet access, for older kernels (slower per captured byte, ~60 %
+/// more instructions for the verifier).
+const XDP_PROGRAMS: [&str; 2] = ["packets_xdp", "packets_xdp_linear"];
 const TC_PROGRAM: &str = "packets_tc";
 /// How long a reader that has just drained a batch lets the next one
 /// build up before it waits again (see the module docs). The 8 MiB ring
@@ -153,6 +162,8 @@ pub struct PacketCapture {
     clock_offset: i128,
     malformed: u64,
     interfaces: Vec<String>,
+    /// The XDP variant loaded, if ingress is captured.
+    xdp_program: Option<&'static str>,
 }
 
 impl std::fmt::Debug for PacketCapture {
@@ -210,17 +221,18 @@ impl PacketCapture {
             .set(0, filter.to_raw(), 0)
             .context("writing the filter program")?;
 
+        let mut xdp_program = None;
         if options.direction != Directions::Out {
+            let name = load_xdp(&mut ebpf)?;
             let xdp: &mut Xdp = ebpf
-                .program_mut(XDP_PROGRAM)
-                .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing"))?
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
                 .try_into()
-                .context(XDP_PROGRAM)?;
-            xdp.load()
-                .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
+                .context(name)?;
             for iface in &unique {
                 crate::loader::attach_xdp(xdp, iface)?;
             }
+            xdp_program = Some(name);
         }
         if options.direction != Directions::In {
             let tc: &mut SchedClassifier = ebpf
@@ -230,6 +242,7 @@ impl PacketCapture {
                 .context(TC_PROGRAM)?;
             tc.load()
                 .with_context(|| format!("loading {TC_PROGRAM} (verifier)"))?;
+            log_loaded(TC_PROGRAM, tc.info());
             for iface in &unique {
                 crate::loader::attach_tc_egress(tc, iface)?;
             }
@@ -248,6 +261,7 @@ impl PacketCapture {
             clock_offset: clock_offset(),
             malformed: 0,
             interfaces: unique,
+            xdp_program,
         })
     }
 
@@ -398,6 +412,13 @@ impl PacketCapture {
         &self.interfaces
     }
 
+    /// Which XDP program variant captures ingress (`packets_xdp`, or
+    /// `packets_xdp_linear` where the kernel refused the first); `None`
+    /// when only egress is captured.
+    pub fn xdp_program(&self) -> Option<&'static str> {
+        self.xdp_program
+    }
+
     /// Kernel IDs of the attached programs (for `bpftool prog show id`):
     /// once the capture is dropped, they no longer exist.
     pub fn program_ids(&self) -> Vec<u32> {
@@ -415,6 +436,57 @@ impl Drop for PacketCapture {
         // The programs detach when `_ebpf` drops right after this.
         self.readiness.take();
     }
+}
+
+/// Loads the first XDP variant the kernel accepts (see [`XDP_PROGRAMS`])
+/// and returns its name. Tried rather than predicted from the kernel
+/// version: a refusal costs the verifier little (it stops at the first
+/// unknown helper), and it also covers verifiers that accept the helper but
+/// not the program. The error names every variant tried and its error.
+fn load_xdp(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
+    let mut refused: Vec<String> = Vec::new();
+    let mut last_error = None;
+    for name in XDP_PROGRAMS {
+        let xdp: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()
+            .context(name)?;
+        match xdp.load() {
+            Ok(()) => {
+                if !refused.is_empty() {
+                    tracing::debug!("using {name}: {}", refused.join("; "));
+                }
+                log_loaded(name, xdp.info());
+                return Ok(name);
+            }
+            Err(error) => {
+                tracing::debug!("loading {name}: {error}");
+                // The kernel's verdict without the verifier's log: the
+                // full log of the variant that was the last resort follows.
+                let verdict = match &error {
+                    ProgramError::LoadError { io_error, .. } => io_error.to_string(),
+                    other => other.to_string(),
+                };
+                refused.push(format!("{name} refused ({verdict})"));
+                last_error = Some((name, error));
+            }
+        }
+    }
+    let (name, error) = last_error.ok_or_else(|| anyhow!("no XDP program variant"))?;
+    Err(anyhow::Error::new(error).context(format!(
+        "loading {name} (verifier); no XDP program variant loads here: {}",
+        refused.join(", ")
+    )))
+}
+
+/// Logs how much the verifier walked (kernels 5.16+ tell).
+fn log_loaded(name: &str, info: Result<ProgramInfo, ProgramError>) {
+    let verified = info.ok().and_then(|info| info.verified_instruction_count());
+    tracing::debug!(
+        "loaded {name}: verified instructions {}",
+        verified.map_or_else(|| "not reported".to_string(), |n| n.to_string())
+    );
 }
 
 fn note_malformed(count: &mut u64, len: usize) {
