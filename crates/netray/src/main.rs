@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("netray: {error:#}");
+            // Verifier logs reduced to a paragraph (see netray::verifier).
+            eprintln!("netray: {}", netray::verifier::render_error(&error));
             ExitCode::from(2)
         }
     }
