@@ -52,7 +52,9 @@ pub fn summarize(log: &str) -> Summary {
     let lines: Vec<&str> = log.lines().collect();
     // The error is printed right before the statistics line; the last one
     // counts (the log of a retry may hold several passes).
-    let stats = lines.iter().rposition(|line| processed_count(line).is_some());
+    let stats = lines
+        .iter()
+        .rposition(|line| processed_count(line).is_some());
     let before = &lines[..stats.unwrap_or(lines.len())];
     let mut last_lines: Vec<String> = before
         .iter()
@@ -182,13 +184,21 @@ pub fn paragraph(errno: &io::Error, log: &str, full: FullLog) -> String {
         );
         return out;
     }
-    let _ = write!(out, "the kernel's verifier rejected the program ({code}{errno})");
+    if log.trim().is_empty() {
+        // Refused before the verifier ran (lockdown, a missing attach
+        // target, bad attributes...): there is nothing to summarize.
+        let _ = write!(
+            out,
+            "the kernel refused to load the program ({code}{errno}) without a verifier log"
+        );
+        return out;
+    }
+    let _ = write!(
+        out,
+        "the kernel's verifier rejected the program ({code}{errno})"
+    );
     if let Some(n) = summary.processed_insns {
         let _ = write!(out, " after {n} instructions");
-    }
-    if summary.last_lines.is_empty() {
-        out.push_str("; the verifier gave no log");
-        return out;
     }
     out.push_str(", last lines of its log:");
     for line in &summary.last_lines {
@@ -196,7 +206,11 @@ pub fn paragraph(errno: &io::Error, log: &str, full: FullLog) -> String {
     }
     match full {
         FullLog::Inline => {
-            let _ = write!(out, "\n--- full verifier log ---\n{}\n--- end of log ---", log.trim_end());
+            let _ = write!(
+                out,
+                "\n--- full verifier log ---\n{}\n--- end of log ---",
+                log.trim_end()
+            );
         }
         FullLog::File => match save_log(log) {
             Ok(path) => {
@@ -242,7 +256,10 @@ fn save_log(log: &str) -> io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free file name"))
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free file name",
+    ))
 }
 
 fn kernel_release() -> String {
@@ -308,8 +325,8 @@ pub fn summarize_embedded(text: &str, full: FullLog) -> String {
         let log_and_more = &after[marker + LOG_MARKER.len()..];
         let end = log_end(log_and_more);
         let log = &log_and_more[..end];
-        let errno = parse_os_error(errno_text)
-            .unwrap_or_else(|| io::Error::other(errno_text.to_string()));
+        let errno =
+            parse_os_error(errno_text).unwrap_or_else(|| io::Error::other(errno_text.to_string()));
         out.push_str(&rest[..start]);
         out.push_str(&paragraph(&errno, log, full));
         rest = &log_and_more[end..];
