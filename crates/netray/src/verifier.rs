@@ -410,3 +410,173 @@ const HELPER_NAMES: &str = "\
     tcp_raw_check_syncookie_ipv6 ktime_get_tai_ns user_ringbuf_drain cgrp_storage_get \
     cgrp_storage_delete \
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of a real rejection (kernel 6.x, log level 1 | stats):
+    /// a long walk through the program, the error, then the statistics.
+    fn rejection_log(walk_lines: usize) -> String {
+        let mut log = String::from("func#0 @0\n0: R1=ctx() R10=fp0\n");
+        for i in 0..walk_lines {
+            log.push_str(&format!(
+                "{i}: (bf) r{} = r{}                      ; R1=ctx() R2=pkt(r=14) R3=pkt_end() \
+                 R10=fp0 fp-8=mmmmmmmm\n",
+                i % 9,
+                (i + 1) % 9
+            ));
+        }
+        log.push_str(
+            "; let b = *(data + 64) @ testing.rs:66\n\
+             412: (71) r2 = *(u8 *)(r1 +64)\n\
+             invalid access to packet, off=64 size=1, R1(id=0,off=64,r=16)\n\
+             R1 offset is outside of the packet\n\
+             processed 4123 insns (limit 1000000) max_states_per_insn 4 total_states 310 \
+             peak_states 310 mark_read 12\n\
+             verification time 1532 usec\n\
+             stack depth 24\n",
+        );
+        log
+    }
+
+    #[test]
+    fn summary_keeps_the_last_lines_before_the_statistics() {
+        let log = rejection_log(5000);
+        assert!(log.len() > 300_000, "a log of the size seen on 6.1");
+        let summary = summarize(&log);
+        assert_eq!(summary.processed_insns, Some(4123));
+        assert_eq!(summary.last_lines.len(), SUMMARY_LINES);
+        assert_eq!(
+            summary.last_lines.last().unwrap(),
+            "R1 offset is outside of the packet"
+        );
+        assert!(
+            summary
+                .last_lines
+                .contains(&"412: (71) r2 = *(u8 *)(r1 +64)".to_string())
+        );
+        assert!(
+            summary
+                .last_lines
+                .iter()
+                .all(|l| l.chars().count() <= MAX_LINE + 1)
+        );
+        assert_eq!(summary.missing_helper, None);
+        assert_eq!(summary.total_lines, log.lines().count());
+    }
+
+    #[test]
+    fn paragraph_is_short_and_says_where_the_full_log_is() {
+        let log = rejection_log(5000);
+        let errno = io::Error::from_raw_os_error(libc::EACCES);
+        let text = paragraph(&errno, &log, FullLog::File);
+        assert!(text.len() < 2000, "{} bytes", text.len());
+        assert!(text.starts_with(
+            "the kernel's verifier rejected the program (EACCES: Permission denied (os error \
+             13)) after 4123 instructions"
+        ));
+        assert!(text.contains("R1 offset is outside of the packet"));
+        let path = text
+            .split_whitespace()
+            .find(|w| w.ends_with(".log"))
+            .expect("a file name");
+        assert_eq!(std::fs::read_to_string(path).unwrap(), log);
+        std::fs::remove_file(path).unwrap();
+        assert!(text.contains("NETRAY_VERIFIER_LOG=stderr"));
+
+        let inline = paragraph(&errno, &log, FullLog::Inline);
+        assert!(inline.contains(log.trim_end()), "printed whole on request");
+    }
+
+    #[test]
+    fn a_missing_helper_is_named_in_one_line() {
+        // 5.10 does not know helper 189 by name.
+        let log = "0: R1=ctx(id=0,off=0,imm=0) R10=fp0\n\
+                   0: (85) call unknown#189\n\
+                   invalid func unknown#189\n\
+                   processed 1 insns (limit 1000000) max_states_per_insn 0 total_states 0 \
+                   peak_states 0 mark_read 0\n";
+        assert_eq!(
+            missing_helper(log).as_deref(),
+            Some("bpf_xdp_load_bytes (#189)")
+        );
+        let text = paragraph(
+            &io::Error::from_raw_os_error(libc::EINVAL),
+            log,
+            FullLog::File,
+        );
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains("has no BPF helper bpf_xdp_load_bytes (#189)"),
+            "{text}"
+        );
+        assert!(text.contains("EINVAL"), "{text}");
+        // Newer kernels name it.
+        assert_eq!(
+            missing_helper("unknown func bpf_loop#181\n").as_deref(),
+            Some("bpf_loop (#181)")
+        );
+        assert_eq!(helper_name(1), Some("map_lookup_elem"));
+        assert_eq!(helper_name(130), Some("ringbuf_output"));
+        assert_eq!(helper_name(181), Some("loop"));
+        assert_eq!(helper_name(0), None);
+        assert_eq!(helper_name(100_000), None);
+    }
+
+    #[test]
+    fn a_log_already_turned_into_text_is_summarized_too() {
+        // What `format!("{e:#}")` of aya's LoadError gives, inside a
+        // message of its own (conns joins its hook failures with "; ").
+        let log = rejection_log(3000);
+        let text = format!(
+            "no hook works (tracepoint: loading conns_state: the BPF_PROG_LOAD syscall \
+             returned Permission denied (os error 13). Verifier output: {log}; tp_btf: kernel \
+             BTF missing); see `netray check`"
+        );
+        let out = summarize_embedded(&text, FullLog::File);
+        assert!(out.len() < 2500, "{} bytes: {out}", out.len());
+        assert!(out.starts_with("no hook works (tracepoint: loading conns_state: the kernel's verifier rejected the program (EACCES"));
+        assert!(
+            out.ends_with("; tp_btf: kernel BTF missing); see `netray check`"),
+            "{out}"
+        );
+        let path = out
+            .split_whitespace()
+            .find(|w| w.ends_with(".log"))
+            .expect("a file name");
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap().trim_end(),
+            log.trim_end()
+        );
+        std::fs::remove_file(path).unwrap();
+        // Text without a log is left alone.
+        assert_eq!(
+            summarize_embedded("plain error", FullLog::File),
+            "plain error"
+        );
+    }
+
+    #[test]
+    fn a_refusal_without_log_says_so() {
+        let text = paragraph(
+            &io::Error::from_raw_os_error(libc::EPERM),
+            "",
+            FullLog::File,
+        );
+        assert_eq!(
+            text,
+            "the kernel refused to load the program (EPERM: Operation not permitted (os error \
+             1)) without a verifier log"
+        );
+    }
+
+    #[test]
+    fn other_errors_print_as_anyhow_does() {
+        // (A real LoadError in the chain: tests/verifier_budget.rs, which
+        // makes the kernel reject a fixture; aya-obj's VerifierLog cannot
+        // be built here.)
+        let plain = anyhow::anyhow!("no such device").context("attaching XDP to eth9");
+        assert_eq!(render_error(&plain), format!("{plain:#}"));
+    }
+}
