@@ -12,6 +12,11 @@
 //! their own loading APIs ([`probe_capabilities`]) and reports, per
 //! command, whether they load and attach, and on which hooks.
 //!
+//! Exit status of `netray check`: a hook that does not work is information
+//! (exit 0, as before); a command whose programs do not load or attach here
+//! makes it exit 1, after printing the whole report; 2 is an error of the
+//! probe itself (no privileges, the probe object refused).
+//!
 //! Everything the probe attaches to a network device lives in a private network
 //! namespace, on its own `lo`, so the probe never touches real traffic; the
 //! cgroup programs allow every packet; all links are bpf_links owned by this

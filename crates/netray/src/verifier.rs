@@ -56,13 +56,25 @@ pub fn summarize(log: &str) -> Summary {
         .iter()
         .rposition(|line| processed_count(line).is_some());
     let before = &lines[..stats.unwrap_or(lines.len())];
-    let mut last_lines: Vec<String> = before
-        .iter()
-        .rev()
-        .map(|line| line.trim())
-        .filter(|line| is_meaningful(line))
-        .take(SUMMARY_LINES)
-        .map(shorten)
+    // A line repeated back to back (the same warning on every state) is
+    // kept once, with its count.
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for line in before.iter().rev().map(|line| line.trim()) {
+        if !is_meaningful(line) {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((last, count)) if *last == line => *count += 1,
+            _ if runs.len() == SUMMARY_LINES => break,
+            _ => runs.push((line, 1)),
+        }
+    }
+    let mut last_lines: Vec<String> = runs
+        .into_iter()
+        .map(|(line, count)| match count {
+            1 => shorten(line),
+            n => format!("{} (×{n})", shorten(line)),
+        })
         .collect();
     last_lines.reverse();
     Summary {
@@ -464,6 +476,23 @@ mod tests {
         );
         assert_eq!(summary.missing_helper, None);
         assert_eq!(summary.total_lines, log.lines().count());
+    }
+
+    #[test]
+    fn repeated_lines_are_kept_once_with_their_count() {
+        let log = "0: (b7) r1 = 37\nREG INVARIANTS VIOLATION (alu): const tnum out of sync\n\
+                   REG INVARIANTS VIOLATION (alu): const tnum out of sync\n\
+                   REG INVARIANTS VIOLATION (alu): const tnum out of sync\n\
+                   The sequence of 8193 jumps is too complex.\n\
+                   processed 32354 insns (limit 1000000) max_states_per_insn 4\n";
+        assert_eq!(
+            summarize(log).last_lines,
+            [
+                "0: (b7) r1 = 37",
+                "REG INVARIANTS VIOLATION (alu): const tnum out of sync (×3)",
+                "The sequence of 8193 jumps is too complex."
+            ]
+        );
     }
 
     #[test]
