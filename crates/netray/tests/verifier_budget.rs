@@ -231,7 +231,25 @@ fn check_budget(object: &[u8], name: &str, kind: Kind, bound: u64) {
 }
 
 // Bounds: about twice the largest count measured on the kernels of the
-// matrix (host 6.18, guests 5.10, 6.1, 6.12); figures per program below.
+// matrix, measured 2026-12-01 with this test (`--nocapture` prints them):
+//
+// program                   6.18 host  6.12      6.1       5.10      bound
+// packets_xdp               35738      39697     rejected  no helper  80000
+// packets_tc                19809      rejected  rejected  rejected   40000
+// inband_xdp                34241      rejected  50591     50591     100000
+// inband_tc_egress          7638       rejected  60943     60943     120000
+// conns_state               4901       4924      26308     26308      52000
+// conns_state_btf           5004       5141      318711    318711    640000
+// conns_accept4             1535       1548      2675      2675        5400
+// conns_accept              1535       1548      2675      2675        5400
+// conns_getaddrinfo_entry   38         40        40        40            80
+// conns_getaddrinfo_return  21154      20686     20501     20501      42000
+//
+// ("rejected": the verifier refused it then, which this test reports as a
+// failure; "no helper": 5.10 lacks bpf_xdp_load_bytes. Engineers were
+// fixing those programs at the time: the bounds of a program measured on
+// fewer kernels may need raising once it loads everywhere, with the new
+// figures written here.)
 macro_rules! budget {
     ($test:ident, $object:expr, $name:literal, $kind:expr, $bound:expr) => {
         #[test]
@@ -243,57 +261,45 @@ macro_rules! budget {
 
 use netray::objects::{CONNS, INBAND, PACKETS};
 
-budget!(packets_xdp, PACKETS, "packets_xdp", Kind::Xdp, 1_000_000);
-budget!(packets_tc, PACKETS, "packets_tc", Kind::Tc, 1_000_000);
-budget!(inband_xdp, INBAND, "inband_xdp", Kind::Xdp, 1_000_000);
+budget!(packets_xdp, PACKETS, "packets_xdp", Kind::Xdp, 80_000);
+budget!(packets_tc, PACKETS, "packets_tc", Kind::Tc, 40_000);
+budget!(inband_xdp, INBAND, "inband_xdp", Kind::Xdp, 100_000);
 budget!(
     inband_tc_egress,
     INBAND,
     "inband_tc_egress",
     Kind::Tc,
-    1_000_000
+    120_000
 );
-budget!(
-    conns_state,
-    CONNS,
-    "conns_state",
-    Kind::TracePoint,
-    1_000_000
-);
+budget!(conns_state, CONNS, "conns_state", Kind::TracePoint, 52_000);
 budget!(
     conns_state_btf,
     CONNS,
     "conns_state_btf",
     Kind::BtfTracePoint("inet_sock_set_state"),
-    1_000_000
+    640_000
 );
 budget!(
     conns_accept4,
     CONNS,
     "conns_accept4",
     Kind::TracePoint,
-    1_000_000
+    5_400
 );
-budget!(
-    conns_accept,
-    CONNS,
-    "conns_accept",
-    Kind::TracePoint,
-    1_000_000
-);
+budget!(conns_accept, CONNS, "conns_accept", Kind::TracePoint, 5_400);
 budget!(
     conns_getaddrinfo_entry,
     CONNS,
     "conns_getaddrinfo_entry",
     Kind::UProbe,
-    1_000_000
+    80
 );
 budget!(
     conns_getaddrinfo_return,
     CONNS,
     "conns_getaddrinfo_return",
     Kind::UProbe,
-    1_000_000
+    42_000
 );
 
 /// A program the verifier refuses comes out of netray as one short
