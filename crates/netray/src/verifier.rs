@@ -63,10 +63,14 @@ pub fn summarize(log: &str) -> Summary {
         if !is_meaningful(line) {
             continue;
         }
-        match runs.last_mut() {
-            Some((last, count)) if *last == line => *count += 1,
-            _ if runs.len() == SUMMARY_LINES => break,
-            _ => runs.push((line, 1)),
+        if let Some((last, count)) = runs.last_mut()
+            && *last == line
+        {
+            *count += 1;
+        } else if runs.len() == SUMMARY_LINES {
+            break;
+        } else {
+            runs.push((line, 1));
         }
     }
     let mut last_lines: Vec<String> = runs
