@@ -6,6 +6,17 @@
 //! never runs is reported as unavailable, with the reason. Other commands call
 //! [`probe`] (or read a [`CheckReport`]) to pick the best hook that works.
 //!
+//! Hooks working is not enough for a command to work: its own, larger
+//! programs must also pass this kernel's verifier. So the probe then loads
+//! the real programs of `packets`, `serve`/`trace` and `conns` through
+//! their own loading APIs ([`probe_capabilities`]) and reports, per
+//! command, whether they load and attach, and on which hooks.
+//!
+//! Exit status of `netray check`: a hook that does not work is information
+//! (exit 0, as before); a command whose programs do not load or attach here
+//! makes it exit 1, after printing the whole report; 2 is an error of the
+//! probe itself (no privileges, the probe object refused).
+//!
 //! Everything the probe attaches to a network device lives in a private network
 //! namespace, on its own `lo`, so the probe never touches real traffic; the
 //! cgroup programs allow every packet; all links are bpf_links owned by this
@@ -151,6 +162,7 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct CheckReport {
     outcomes: BTreeMap<Hook, Outcome>,
+    capabilities: BTreeMap<Capability, CapabilityOutcome>,
 }
 
 impl CheckReport {
@@ -164,14 +176,26 @@ impl CheckReport {
         &self.outcomes[&hook]
     }
 
-    /// The `--json` form: one boolean per hook, then `details` with the error
-    /// text of every hook that failed.
+    /// What loading `capability`'s real programs gave.
+    pub fn capability(&self, capability: Capability) -> &CapabilityOutcome {
+        &self.capabilities[&capability]
+    }
+
+    /// Whether every capability's programs loaded and attached.
+    pub fn capabilities_ok(&self) -> bool {
+        self.capabilities.values().all(|c| c.ok)
+    }
+
+    /// The `--json` form: one boolean per hook, `details` with the error
+    /// text of every hook that failed, and `capabilities` with one object
+    /// (`ok`, `error`, `hooks`, `warnings`) per command.
     pub fn to_json(&self) -> serde_json::Value {
         #[derive(Serialize)]
         struct Json<'a> {
             #[serde(flatten)]
             works: BTreeMap<&'static str, bool>,
             details: BTreeMap<&'static str, &'a str>,
+            capabilities: BTreeMap<&'static str, &'a CapabilityOutcome>,
         }
         let works = Hook::ALL
             .iter()
@@ -182,7 +206,17 @@ impl CheckReport {
             .filter(|&&h| !self.works(h))
             .map(|&h| (h.name(), self.outcome(h).text()))
             .collect();
-        serde_json::to_value(Json { works, details }).unwrap_or_default()
+        let capabilities = self
+            .capabilities
+            .iter()
+            .map(|(c, outcome)| (c.name(), outcome))
+            .collect();
+        serde_json::to_value(Json {
+            works,
+            details,
+            capabilities,
+        })
+        .unwrap_or_default()
     }
 
     /// A human-readable table.
@@ -192,6 +226,23 @@ impl CheckReport {
             let outcome = self.outcome(hook);
             let mark = if outcome.works() { "yes" } else { "NO " };
             out.push_str(&format!("{:<15} {mark}  {}\n", hook.name(), outcome.text()));
+        }
+        out.push_str("\ncommand's programs (loaded, attached in a private network namespace):\n");
+        for (capability, outcome) in &self.capabilities {
+            let mark = if outcome.ok { "yes" } else { "NO " };
+            out.push_str(&format!(
+                "{:<15} {mark}  {}\n",
+                capability.name(),
+                outcome.hooks.join("; ")
+            ));
+            if let Some(error) = &outcome.error {
+                for line in error.lines() {
+                    out.push_str(&format!("{:<20}{line}\n", ""));
+                }
+            }
+            for warning in &outcome.warnings {
+                out.push_str(&format!("{:<20}warning: {warning}\n", ""));
+            }
         }
         out
     }
@@ -270,19 +321,303 @@ pub fn probe() -> anyhow::Result<CheckReport> {
     }
     // Dropping `ebpf` detaches every link and unloads every program.
     drop(ebpf);
-    Ok(CheckReport { outcomes })
+    let capabilities = probe_capabilities();
+    Ok(CheckReport {
+        outcomes,
+        capabilities,
+    })
 }
 
-/// Formats an error with its whole source chain, trimmed to a readable size
-/// (verifier logs can be long).
+/// Formats an error with its whole source chain; a verifier rejection is
+/// reduced to its paragraph (see [`crate::verifier`]).
 fn describe(step: &str, error: impl Into<anyhow::Error>) -> String {
-    let text = format!("{step}: {:#}", error.into());
-    let mut lines = text.lines();
-    let mut out: String = lines.by_ref().take(6).collect::<Vec<_>>().join(" | ");
-    if lines.next().is_some() {
-        out.push_str(" | …");
+    crate::verifier::describe_load_error(step, error)
+}
+
+/// The commands whose real programs `netray check` loads (and, where that
+/// is harmless, attaches), in report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    /// `netray packets`: the packet capture (XDP ingress, TC egress).
+    Packets,
+    /// `netray serve`: the in-band capture, tracking the served ports.
+    Serve,
+    /// `netray trace`: the in-band capture.
+    Trace,
+    /// `netray conns`: the connection tracer.
+    Conns,
+}
+
+impl Capability {
+    /// Every capability, in report order.
+    pub const ALL: [Self; 4] = [Self::Packets, Self::Serve, Self::Trace, Self::Conns];
+
+    /// The report key (`capabilities` object key) and command name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Packets => "packets",
+            Self::Serve => "serve",
+            Self::Trace => "trace",
+            Self::Conns => "conns",
+        }
     }
-    out
+
+    /// The hooks the command uses, as far as they are known without
+    /// attaching (the conns tracer picks its lifecycle hook at run time).
+    fn planned_hooks(self) -> Vec<String> {
+        // What crate::loader::attach_tc_egress uses on this kernel.
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        let tc = if tcx {
+            "(tcx)"
+        } else {
+            "(clsact qdisc, netlink filter)"
+        };
+        match self {
+            Self::Packets => vec![
+                "xdp packets_xdp (ingress)".into(),
+                format!("tc egress packets_tc {tc}"),
+            ],
+            Self::Serve | Self::Trace => vec![
+                "xdp inband_xdp (ingress)".into(),
+                format!("tc egress inband_tc_egress {tc}"),
+            ],
+            Self::Conns => vec![
+                "tracepoint sock:inet_sock_set_state, else tp_btf inet_sock_set_state".into(),
+                "tracepoints syscalls:sys_exit_accept4 and sys_exit_accept".into(),
+                "uprobes getaddrinfo on libc".into(),
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What happened when `netray check` loaded a command's real programs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CapabilityOutcome {
+    /// Every program loaded (the verifier accepted it) and attached.
+    pub ok: bool,
+    /// Why not (one paragraph: see [`crate::verifier`]); `None` when `ok`.
+    pub error: Option<String>,
+    /// The hooks the command uses (those really attached, when known).
+    pub hooks: Vec<String>,
+    /// Degradations the command would report at start (conns: no BTF...).
+    pub warnings: Vec<String>,
+}
+
+impl CapabilityOutcome {
+    fn works(hooks: Vec<String>, warnings: Vec<String>) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            hooks,
+            warnings,
+        }
+    }
+
+    fn fails(capability: Capability, error: String) -> Self {
+        Self {
+            ok: false,
+            error: Some(error),
+            hooks: capability.planned_hooks(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Loads the programs of `netray packets`, `serve`/`trace` and `conns` the
+/// way those commands do, through their own loading APIs, and attaches
+/// them where that cannot disturb anything: the device programs to
+/// devices of a private network namespace (`lo`, and a veth pair for the
+/// in-band capture, which needs Ethernet framing); the conns tracepoints
+/// and uprobes only observe. Everything is detached before this returns.
+pub fn probe_capabilities() -> BTreeMap<Capability, CapabilityOutcome> {
+    let mut outcomes = std::thread::scope(|scope| {
+        scope.spawn(device_capabilities).join().unwrap_or_else(|_| {
+            let panicked = "the capability probe's network thread panicked".to_string();
+            [Capability::Packets, Capability::Serve, Capability::Trace]
+                .into_iter()
+                .map(|c| (c, CapabilityOutcome::fails(c, panicked.clone())))
+                .collect()
+        })
+    });
+    let conns = match crate::conns::attach::Tracer::attach(true) {
+        Ok(tracer) => CapabilityOutcome::works(tracer.hooks.clone(), tracer.warnings.clone()),
+        Err(e) => CapabilityOutcome::fails(Capability::Conns, crate::verifier::render_error(&e)),
+    };
+    outcomes.insert(Capability::Conns, conns);
+    outcomes
+}
+
+/// Names of the veth pair the in-band capture is attached to, inside the
+/// private namespace (nothing outside it can see them).
+const VETH: (&str, &str) = ("nrcheck0", "nrcheck1");
+
+fn device_capabilities() -> BTreeMap<Capability, CapabilityOutcome> {
+    let mut outcomes = BTreeMap::new();
+    let device = [Capability::Packets, Capability::Serve, Capability::Trace];
+    // SAFETY: unshare only changes this thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        for c in device {
+            let text = format!(
+                "not tried: attaching needs a private network namespace, and unshare failed \
+                 ({e}; needs CAP_SYS_ADMIN), so netray check does not touch real devices"
+            );
+            outcomes.insert(c, CapabilityOutcome::fails(c, text));
+        }
+        return outcomes;
+    }
+    let packets = (|| -> anyhow::Result<Vec<String>> {
+        crate::netdev::set_up("lo").context("bringing up lo in the private namespace")?;
+        let filter = crate::packets::filter::Program::default();
+        let capture = crate::packets::capture::PacketCapture::attach(
+            &["lo".to_string()],
+            &filter,
+            crate::packets::capture::CaptureOptions::default(),
+        )?;
+        drop(capture);
+        Ok(Capability::Packets
+            .planned_hooks()
+            .into_iter()
+            .map(|h| format!("{h} on lo of a private network namespace"))
+            .collect())
+    })();
+    let packets = packets.map_err(|e| crate::verifier::render_error(&e));
+    outcomes.insert(Capability::Packets, outcome(Capability::Packets, packets));
+
+    let inband = (|| -> anyhow::Result<Vec<String>> {
+        create_veth(VETH.0, VETH.1).context("creating a veth pair in the private namespace")?;
+        crate::netdev::set_up(VETH.0)?;
+        crate::netdev::set_up(VETH.1)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let _context = runtime.enter();
+        let capture = crate::inband::capture::Capture::attach(&[VETH.0.to_string()])?;
+        // What serve does besides: track the connections to its ports.
+        capture.set_listen_ports(&[443])?;
+        drop(capture);
+        Ok(Capability::Serve
+            .planned_hooks()
+            .into_iter()
+            .map(|h| format!("{h} on a veth of a private network namespace"))
+            .collect())
+    })();
+    // serve and trace load and attach the same object the same way.
+    let inband = inband.map_err(|e| crate::verifier::render_error(&e));
+    outcomes.insert(
+        Capability::Serve,
+        outcome(Capability::Serve, inband.clone()),
+    );
+    outcomes.insert(Capability::Trace, outcome(Capability::Trace, inband));
+    outcomes
+}
+
+fn outcome(capability: Capability, result: Result<Vec<String>, String>) -> CapabilityOutcome {
+    match result {
+        Ok(hooks) => CapabilityOutcome::works(hooks, Vec::new()),
+        Err(e) => CapabilityOutcome::fails(capability, e),
+    }
+}
+
+/// Creates the veth pair `a`/`b` in the calling thread's network namespace
+/// (one rtnetlink `RTM_NEWLINK` request; no external command).
+fn create_veth(a: &str, b: &str) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const IFLA_IFNAME: u16 = 3;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_INFO_KIND: u16 = 1;
+    const IFLA_INFO_DATA: u16 = 2;
+    const VETH_INFO_PEER: u16 = 1;
+    const NLA_F_NESTED: u16 = 1 << 15;
+    const IFINFOMSG_LEN: usize = 16;
+
+    fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        out.extend_from_slice(&(len as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    fn name(text: &str) -> Vec<u8> {
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.push(0);
+        bytes
+    }
+
+    let mut peer = vec![0u8; IFINFOMSG_LEN];
+    attr(&mut peer, IFLA_IFNAME, &name(b));
+    let mut data = Vec::new();
+    attr(&mut data, VETH_INFO_PEER | NLA_F_NESTED, &peer);
+    let mut linkinfo = Vec::new();
+    attr(&mut linkinfo, IFLA_INFO_KIND, &name("veth"));
+    attr(&mut linkinfo, IFLA_INFO_DATA | NLA_F_NESTED, &data);
+    let mut body = vec![0u8; IFINFOMSG_LEN];
+    attr(&mut body, IFLA_IFNAME, &name(a));
+    attr(&mut body, IFLA_LINKINFO | NLA_F_NESTED, &linkinfo);
+
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    let mut message = Vec::with_capacity(16 + body.len());
+    message.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    message.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    message.extend_from_slice(&flags.to_ne_bytes());
+    message.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    message.extend_from_slice(&body);
+
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain data; zeroed (pid 0: the kernel) is valid.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: the buffer and address are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            (&raw const kernel).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 4096];
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // nlmsghdr (16 bytes), then for NLMSG_ERROR the (negative) errno.
+    let n = n as usize;
+    if n < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != libc::NLMSG_ERROR as u16 {
+        return Err(std::io::Error::other("unexpected rtnetlink reply"));
+    }
+    let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+    if errno != 0 {
+        return Err(std::io::Error::from_raw_os_error(-errno));
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
@@ -327,7 +662,17 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf, btf: &Result<Btf, String>) -> Result<S
     Ok("tp_btf/inet_sock_set_state".into())
 }
 
+/// The perf event source kprobes are created through.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
+/// What `netray check` says when this kernel cannot have kprobes at all.
+pub const NO_KPROBES: &str = "this kernel has no kprobes: no kprobe PMU at \
+     /sys/bus/event_source/devices/kprobe (built without CONFIG_KPROBES)";
+
 fn attach_kprobe(ebpf: &mut Ebpf) -> Result<String, String> {
+    if !Path::new(KPROBE_PMU).exists() {
+        return Err(NO_KPROBES.to_string());
+    }
     let prog: &mut KProbe = program(ebpf, "check_kprobe")?;
     prog.load().map_err(|e| describe("load", e))?;
     prog.attach("tcp_connect", 0)
@@ -601,17 +946,53 @@ mod tests {
                 (h, o)
             })
             .collect();
-        let json = CheckReport { outcomes }.to_json();
+        let capabilities = Capability::ALL
+            .iter()
+            .map(|&c| {
+                let o = if c == Capability::Packets {
+                    CapabilityOutcome::fails(c, "rejected".into())
+                } else {
+                    CapabilityOutcome::works(vec!["a hook".into()], Vec::new())
+                };
+                (c, o)
+            })
+            .collect();
+        let report = CheckReport {
+            outcomes,
+            capabilities,
+        };
+        assert!(!report.capabilities_ok());
+        let json = report.to_json();
         let object = json.as_object().unwrap();
         let mut keys: Vec<_> = object.keys().cloned().collect();
         keys.sort();
         let mut expected: Vec<_> = Hook::ALL.iter().map(|h| h.name().to_string()).collect();
         expected.push("details".into());
+        expected.push("capabilities".into());
         expected.sort();
         assert_eq!(keys, expected);
         assert_eq!(object["kprobe"], false);
         assert_eq!(object["xdp"], true);
         assert_eq!(object["details"]["kprobe"], "no kprobe PMU");
         assert!(object["details"].get("xdp").is_none());
+        let capabilities = object["capabilities"].as_object().unwrap();
+        let mut names: Vec<_> = capabilities.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["conns", "packets", "serve", "trace"]);
+        for (name, c) in capabilities {
+            let mut keys: Vec<_> = c.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            assert_eq!(keys, ["error", "hooks", "ok", "warnings"], "{name}");
+        }
+        assert_eq!(capabilities["packets"]["ok"], false);
+        assert_eq!(capabilities["packets"]["error"], "rejected");
+        assert!(
+            capabilities["packets"]["hooks"][0]
+                .as_str()
+                .unwrap()
+                .contains("packets_xdp")
+        );
+        assert_eq!(capabilities["conns"]["ok"], true);
+        assert!(capabilities["conns"]["error"].is_null());
     }
 }

@@ -16,6 +16,7 @@
 //! - [`netdev`]: small network-device helpers (interface flags, listing).
 //! - [`objects`]: the eBPF objects embedded at build time.
 //! - [`tracefs`]: makes sure tracefs is mounted for classic tracepoints.
+//! - [`verifier`]: verifier rejections in one short paragraph.
 
 pub mod check;
 pub mod conns;
@@ -29,6 +30,7 @@ pub mod privileges;
 pub mod serve;
 pub mod trace;
 pub mod tracefs;
+pub mod verifier;
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM, the signals every
 /// long-running command stops on. (On SIGKILL the kernel closes our

@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("netray: {error:#}");
+            // Verifier logs reduced to a paragraph (see netray::verifier).
+            eprintln!("netray: {}", netray::verifier::render_error(&error));
             ExitCode::from(2)
         }
     }
@@ -60,7 +61,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", report.to_table());
             }
-            Ok(ExitCode::SUCCESS)
+            // A hook that fails is information; a command that cannot
+            // load its programs here is a failure (exit 1, report printed).
+            Ok(if report.capabilities_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Packets(args) => {
             netray::privileges::require("packets", netray::privileges::EBPF_COMMAND)?;
