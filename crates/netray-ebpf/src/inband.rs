@@ -25,8 +25,8 @@ use netray_common::inband::{
 };
 use netray_ebpf::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpHeader, OptionsScratch, Packet, Skip, TCP_ACK,
-    TCP_SYN, TcPacket, TcpHeader, XdpPacket, parse_ethernet, parse_ip, parse_ipv4, parse_ipv6,
-    parse_tcp, read_tcp_options, seq_after, tcp_options_tsval, zero_words,
+    TCP_SYN, TcPacket, TcpHeader, XdpPacket, copy_words, parse_ethernet, parse_ip, parse_ipv4,
+    parse_ipv6, parse_tcp, read_tcp_options, seq_after, zero_words,
 };
 
 /// The traced flows: those userspace registered, and every connection to a
@@ -200,7 +200,6 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
     // nest on one CPU.
     let options = unsafe { &mut *options };
     let options_len = read_tcp_options(pkt, ip.l4_offset + 20, tcp.options_len(), options);
-    let tsval = tcp_options_tsval(options, options_len);
     let next = tcp.seq.wrapping_add(tcp.seq_len(payload_len));
 
     // SAFETY: `state` points into the map element, valid for this run (no
@@ -223,13 +222,14 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
             (*state).peer_ack = tcp.ack;
             seen |= FlowState::PEER_ACKED;
         }
-        match tsval {
-            Some(tsval) => {
-                (*state).peer_tsval = tsval;
-                seen |= FlowState::PEER_TIMESTAMPS;
-            }
-            None => seen &= !FlowState::PEER_TIMESTAMPS,
-        }
+        // Userspace finds the timestamp option in them (TSecr of a probe).
+        // Map values are 8-aligned and `peer_options` sits at offset 32.
+        copy_words(
+            (&raw mut (*state).peer_options).cast::<u64>(),
+            options.bytes.as_ptr().cast::<u64>(),
+            MAX_TCP_OPTIONS / 8,
+        );
+        (*state).peer_options_len = options_len as u8;
         (*state).peer_ttl = ip.ttl;
         (*state).seen = seen;
         (*state).peer_segments = (*state).peer_segments.wrapping_add(1);
@@ -267,9 +267,11 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
         (*event).tcp_flags = tcp.flags;
         (*event).options_len = options_len as u8;
         (*event).pad = [0; 2];
-        for (slot, byte) in (*event).options.iter_mut().zip(options.bytes.iter()) {
-            *slot = *byte;
-        }
+        copy_words(
+            (&raw mut (*event).options).cast::<u64>(),
+            options.bytes.as_ptr().cast::<u64>(),
+            MAX_TCP_OPTIONS / 8,
+        );
     }
     entry.submit(0);
     count(InbandStat::TcpReported);
@@ -323,28 +325,25 @@ fn local_segment(pkt: &TcPacket<'_>) -> Result<(), Skip> {
     // with bottom halves disabled, so they do not nest on one CPU.
     let options = unsafe { &mut *options };
     let options_len = read_tcp_options(pkt, ip.l4_offset + 20, tcp.options_len(), options);
-    let tsval = tcp_options_tsval(options, options_len);
     let next = tcp.seq.wrapping_add(tcp.seq_len(payload_len));
 
-    // SAFETY: as in `peer_segment`.
+    // SAFETY: as in `peer_segment`; `local_options` sits at offset 72.
     unsafe {
         let seen = (*state).seen;
         // Forward-only: retransmissions must not move snd_nxt back.
         if seen & FlowState::SEEN_LOCAL == 0 || seq_after(next, (*state).local_seq_next) {
             (*state).local_seq_next = next;
         }
-        let mut seen = seen | FlowState::SEEN_LOCAL;
-        match tsval {
-            Some(tsval) => {
-                (*state).local_tsval = tsval;
-                seen |= FlowState::LOCAL_TIMESTAMPS;
-            }
-            None => seen &= !FlowState::LOCAL_TIMESTAMPS,
-        }
+        copy_words(
+            (&raw mut (*state).local_options).cast::<u64>(),
+            options.bytes.as_ptr().cast::<u64>(),
+            MAX_TCP_OPTIONS / 8,
+        );
+        (*state).local_options_len = options_len as u8;
         (*state).local_window = tcp.window;
         (*state).local_tos = ip.tos;
         (*state).local_flow_label = ip.flow_label;
-        (*state).seen = seen;
+        (*state).seen = seen | FlowState::SEEN_LOCAL;
         (*state).local_segments = (*state).local_segments.wrapping_add(1);
     }
     count(InbandStat::EgressUpdates);
