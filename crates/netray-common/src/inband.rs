@@ -70,7 +70,8 @@ pub struct FlowState {
     /// Peer's latest IP TTL / hop limit as received.
     pub peer_ttl: u8,
     /// Bit 0: peer segments seen; bit 1: local segments seen; bit 4:
-    /// `peer_ack` holds an acknowledgment (a SYN carries none).
+    /// `peer_ack` holds an acknowledgment (a SYN carries none); bits 5 and
+    /// 6: the peer / we sent a FIN.
     pub seen: u8,
     /// Nonzero: report every ingress segment of the peer as an event.
     pub armed: u8,
@@ -113,6 +114,10 @@ impl FlowState {
     pub const SEEN_LOCAL: u8 = 2;
     /// `seen` bit: `peer_ack` was set from a segment with the ACK flag.
     pub const PEER_ACKED: u8 = 16;
+    /// `seen` bit: the peer sent a FIN.
+    pub const PEER_FIN: u8 = 32;
+    /// `seen` bit: we sent a FIN.
+    pub const LOCAL_FIN: u8 = 64;
 
     /// TSval of the peer's latest segment, if it carried a timestamp option
     /// (what a probe echoes as TSecr).
@@ -223,11 +228,17 @@ pub enum InbandStat {
     Malformed = 5,
     /// Egress segments that updated a flow.
     EgressUpdates = 6,
+    /// Flows whose state a new SYN on the same 4-tuple reset (a new
+    /// connection: nothing of the old one's sequence state may survive).
+    FlowsReset = 7,
+    /// Flows removed because their connection ended (FIN both ways, our
+    /// RST, or the peer's RST at exactly its next sequence number).
+    FlowsEnded = 8,
 }
 
 impl InbandStat {
     /// Length of the counter array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]

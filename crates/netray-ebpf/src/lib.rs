@@ -391,6 +391,8 @@ pub fn parse_ipv6<P: Packet>(pkt: &P, offset: usize) -> Result<IpHeader, Skip> {
 pub const TCP_FIN: u8 = 0x01;
 /// TCP flag SYN.
 pub const TCP_SYN: u8 = 0x02;
+/// TCP flag RST.
+pub const TCP_RST: u8 = 0x04;
 /// TCP flag ACK.
 pub const TCP_ACK: u8 = 0x10;
 

@@ -126,3 +126,23 @@ mod tests {
         assert_eq!(dechunk(b"10\r\nshort"), b"");
     }
 }
+
+/// A TCP connection to `addr` from `local_port` of the calling thread's
+/// namespace, with SO_REUSEADDR so that a test can use one 4-tuple for
+/// several connections in a row.
+pub fn connect_from(addr: SocketAddr, local_port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    let any: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    socket.bind(&SocketAddr::new(any, local_port).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}

@@ -56,6 +56,7 @@
 //! Everything needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN), iproute2's `ip` and,
 //! for behaviours and loss, `nft`.
 
+pub mod forge;
 pub mod http;
 mod netns;
 pub mod probe;
