@@ -265,3 +265,54 @@ fn blind_rsts_do_not_reach_the_destination() {
         "{metrics}"
     );
 }
+
+/// A port reused after the first connection closed untraced (`/healthz`),
+/// late enough that the client's new ISN is "behind" the old one in
+/// sequence space: Linux's ISN is a keyed hash of the 4-tuple plus a clock
+/// in 64 ns ticks, so after 2^31 ticks (137.4 s, for another 137.4 s) the
+/// new connection's numbers compare as older than the old one's. State kept
+/// from the old connection would make every probe carry its numbers. The
+/// trace of the new connection must be exact.
+#[test]
+fn reused_port_with_an_isn_behind_the_old_one_traces_exactly() {
+    const BEHIND_FROM: Duration = Duration::from_millis(137_439 + 1_000);
+    const BEHIND_UNTIL: Duration = Duration::from_millis(274_877 - 5_000);
+    let testbed = Topology::chain(3).build().expect("testbed");
+    let _server = start_server(&testbed, &[]);
+    let addr = SocketAddr::new(testbed.server_addr(Family::V4), PORT);
+    // A port the kernel does not hand out on its own (ip_local_port_range
+    // starts at 32768).
+    let port = 20_000 + (std::process::id() % 10_000) as u16;
+    let first_syn = Instant::now();
+    let (status, _) = testbed
+        .client()
+        .run(move || get(addr, "/healthz", Some(port)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    std::thread::sleep(BEHIND_FROM.saturating_sub(first_syn.elapsed()));
+    let second_syn = first_syn.elapsed();
+    assert!(
+        (BEHIND_FROM..BEHIND_UNTIL).contains(&second_syn),
+        "the second SYN left {second_syn:?} after the first: not behind"
+    );
+    let (status, body) = testbed
+        .client()
+        .run(move || get(addr, "/trace.json", Some(port)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let result = json(&body);
+    let client: SocketAddr = result["client"].as_str().unwrap().parse().unwrap();
+    assert_eq!(client.port(), port, "the 4-tuple was not reused");
+    assert_eq!(
+        hop_addrs(&result),
+        expected_path(&testbed, Family::V4),
+        "{result:#}"
+    );
+    assert_eq!(result["destination_reached"], true, "{result:#}");
+    for hop in result["hops"].as_array().unwrap() {
+        assert!(hop["received"].as_u64().unwrap() >= 1, "{result:#}");
+        assert_ne!(hop["cached"], true, "{result:#}");
+    }
+}
