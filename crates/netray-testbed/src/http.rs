@@ -40,7 +40,35 @@ impl Response {
 /// `GET path` with the given `Accept`, in the calling thread's network
 /// namespace; waits at most `timeout` for the whole response.
 pub fn get(addr: SocketAddr, path: &str, accept: &str, timeout: Duration) -> io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    get_on(stream, path, accept, timeout)
+}
+
+/// Like [`get`], from the local address `source` (one of the namespace's
+/// own, e.g. [`crate::visitor_addr`]).
+pub fn get_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> io::Result<Response> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    get_on(socket.into(), path, accept, timeout)
+}
+
+fn get_on(
+    mut stream: TcpStream,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> io::Result<Response> {
     stream.set_read_timeout(Some(timeout))?;
     write!(
         stream,

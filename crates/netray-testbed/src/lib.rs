@@ -64,4 +64,7 @@ mod topology;
 
 pub use netns::{Netns, Spawned, cleanup_stale};
 pub use probe::ProbeReply;
-pub use topology::{Family, RouterBehavior, Side, Testbed, Topology, link_addr, link_ifname};
+pub use topology::{
+    Family, RouterBehavior, Side, Testbed, Topology, VISITOR_NETWORKS, link_addr, link_ifname,
+    visitor_addr,
+};
