@@ -41,8 +41,13 @@ pub struct FlowKey {
 }
 
 /// What the kernel programs learned about a registered flow.
+///
+/// The segments' TCP options are kept as on the wire and parsed here, in
+/// userspace: an option walk in the kernel is a data-dependent loop that
+/// newer verifiers (6.12) could not prove bounded within their branch
+/// limits, and copying 40 bytes costs less than walking them.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowState {
     /// Peer's latest sequence number plus its payload length (and SYN/FIN):
     /// the acknowledgment number a probe carries.
@@ -50,14 +55,10 @@ pub struct FlowState {
     /// Peer's latest acknowledgment number: everything before it is
     /// acknowledged, so probes take their sequence numbers below it.
     pub peer_ack: u32,
-    /// Peer's latest TCP timestamp value (a probe's TSecr).
-    pub peer_tsval: u32,
     /// Ingress segments seen from the peer since registration.
     pub peer_segments: u32,
     /// Our latest sequence number plus payload length (our snd_nxt).
     pub local_seq_next: u32,
-    /// Our latest TCP timestamp value (a probe's TSval).
-    pub local_tsval: u32,
     /// Our latest IPv6 flow label (host order, 20 bits); 0 for IPv4.
     pub local_flow_label: u32,
     /// Egress segments seen from us since registration.
@@ -68,14 +69,42 @@ pub struct FlowState {
     pub local_tos: u8,
     /// Peer's latest IP TTL / hop limit as received.
     pub peer_ttl: u8,
-    /// Bit 0: peer segments seen; bit 1: local segments seen; bit 2: the peer
-    /// sent TCP timestamps; bit 3: we sent TCP timestamps; bit 4: `peer_ack`
-    /// holds an acknowledgment (a SYN carries none).
+    /// Bit 0: peer segments seen; bit 1: local segments seen; bit 4:
+    /// `peer_ack` holds an acknowledgment (a SYN carries none); bits 5 and
+    /// 6: the peer / we sent a FIN.
     pub seen: u8,
     /// Nonzero: report every ingress segment of the peer as an event.
     pub armed: u8,
-    /// Always zero.
-    pub pad: [u8; 2],
+    /// Valid bytes of `peer_options`.
+    pub peer_options_len: u8,
+    /// Valid bytes of `local_options`.
+    pub local_options_len: u8,
+    /// TCP options of the peer's latest segment, as on the wire.
+    pub peer_options: [u8; MAX_TCP_OPTIONS],
+    /// TCP options of our latest segment, as on the wire.
+    pub local_options: [u8; MAX_TCP_OPTIONS],
+}
+
+impl Default for FlowState {
+    fn default() -> Self {
+        Self {
+            peer_seq_next: 0,
+            peer_ack: 0,
+            peer_segments: 0,
+            local_seq_next: 0,
+            local_flow_label: 0,
+            local_segments: 0,
+            local_window: 0,
+            local_tos: 0,
+            peer_ttl: 0,
+            seen: 0,
+            armed: 0,
+            peer_options_len: 0,
+            local_options_len: 0,
+            peer_options: [0; MAX_TCP_OPTIONS],
+            local_options: [0; MAX_TCP_OPTIONS],
+        }
+    }
 }
 
 impl FlowState {
@@ -83,12 +112,54 @@ impl FlowState {
     pub const SEEN_PEER: u8 = 1;
     /// `seen` bit: a local segment was seen.
     pub const SEEN_LOCAL: u8 = 2;
-    /// `seen` bit: the peer's latest segment carried a timestamp option.
-    pub const PEER_TIMESTAMPS: u8 = 4;
-    /// `seen` bit: our latest segment carried a timestamp option.
-    pub const LOCAL_TIMESTAMPS: u8 = 8;
     /// `seen` bit: `peer_ack` was set from a segment with the ACK flag.
     pub const PEER_ACKED: u8 = 16;
+    /// `seen` bit: the peer sent a FIN.
+    pub const PEER_FIN: u8 = 32;
+    /// `seen` bit: we sent a FIN.
+    pub const LOCAL_FIN: u8 = 64;
+
+    /// TSval of the peer's latest segment, if it carried a timestamp option
+    /// (what a probe echoes as TSecr).
+    pub fn peer_tsval(&self) -> Option<u32> {
+        timestamp_option(&self.peer_options, self.peer_options_len).map(|(tsval, _)| tsval)
+    }
+
+    /// TSval of our latest segment, if it carried a timestamp option.
+    pub fn local_tsval(&self) -> Option<u32> {
+        timestamp_option(&self.local_options, self.local_options_len).map(|(tsval, _)| tsval)
+    }
+}
+
+/// The (TSval, TSecr) of the timestamp option (kind 8, length 10) among the
+/// first `len` bytes of `options`, walking the options as RFC 9293 lays
+/// them out (End of Option List, NOP, kind-length-value).
+pub fn timestamp_option(options: &[u8], len: u8) -> Option<(u32, u32)> {
+    let options = options.get(..usize::from(len))?;
+    let mut i = 0;
+    while let Some(&kind) = options.get(i) {
+        match kind {
+            0 => return None,
+            1 => i += 1,
+            _ => {
+                let opt_len = usize::from(*options.get(i + 1)?);
+                if opt_len < 2 {
+                    return None;
+                }
+                let value = options.get(i + 2..i + opt_len)?;
+                if kind == 8 {
+                    if opt_len != 10 {
+                        return None;
+                    }
+                    let tsval = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+                    let tsecr = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
+                    return Some((tsval, tsecr));
+                }
+                i += opt_len;
+            }
+        }
+    }
+    None
 }
 
 /// [`InbandEvent::kind`]: an ICMP(v6) Time Exceeded quoting a registered flow.
@@ -157,11 +228,17 @@ pub enum InbandStat {
     Malformed = 5,
     /// Egress segments that updated a flow.
     EgressUpdates = 6,
+    /// Flows whose state a new SYN on the same 4-tuple reset (a new
+    /// connection: nothing of the old one's sequence state may survive).
+    FlowsReset = 7,
+    /// Flows removed because their connection ended (FIN both ways, our
+    /// RST, or the peer's RST at exactly its next sequence number).
+    FlowsEnded = 8,
 }
 
 impl InbandStat {
     /// Length of the counter array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]
@@ -180,9 +257,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn timestamp_option_walks_like_the_kernel() {
+        // Linux's usual layout: NOP NOP TS.
+        let ts = [1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9];
+        assert_eq!(timestamp_option(&ts, 12), Some((7, 9)));
+        // After SACK blocks, and the bytes of a SACK block that look like a
+        // timestamp option are not one.
+        let sack_then_ts = [
+            1, 1, 5, 10, 8, 10, 0, 0, 0, 1, 0, 0, 1, 1, 8, 10, 0, 0, 0, 3, 0, 0, 0, 4,
+        ];
+        assert_eq!(timestamp_option(&sack_then_ts, 24), Some((3, 4)));
+        // Truncated by len, after End of Option List, bad lengths.
+        assert_eq!(timestamp_option(&ts, 11), None);
+        assert_eq!(
+            timestamp_option(&[0, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9], 11),
+            None
+        );
+        assert_eq!(timestamp_option(&[2, 1, 8, 10], 4), None);
+        assert_eq!(timestamp_option(&[8, 6, 0, 0, 0, 0], 6), None);
+        assert_eq!(timestamp_option(&ts, 60), None);
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<FlowState>(), 40);
+        // 6*4 + 2 + 6*1 + 2*40 = 112, options 8-aligned (word copies).
+        assert_eq!(core::mem::size_of::<FlowState>(), 112);
+        assert_eq!(core::mem::offset_of!(FlowState, peer_options), 32);
+        assert_eq!(core::mem::offset_of!(FlowState, local_options), 72);
         // 8 + 40 + 16 + 4*3 + 2*2 + 8 + 40 = 128
         assert_eq!(core::mem::size_of::<InbandEvent>(), 128);
     }

@@ -25,15 +25,19 @@ use netray_common::inband::{
 };
 use netray_ebpf::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IpHeader, OptionsScratch, Packet, Skip, TCP_ACK,
-    TCP_SYN, TcPacket, TcpHeader, XdpPacket, parse_ethernet, parse_ip, parse_ipv4, parse_ipv6,
-    parse_tcp, read_tcp_options, seq_after, tcp_options_tsval, zero_words,
+    TCP_FIN, TCP_RST, TCP_SYN, TcPacket, TcpHeader, XdpPacket, copy_words, parse_ethernet,
+    parse_ip, parse_ipv4, parse_ipv6, parse_tcp, read_tcp_options, seq_after, zero_words,
 };
 
 /// The traced flows: those userspace registered, and every connection to a
 /// port in [`INBAND_LISTEN_PORTS`] from its SYN on (so a server knows a
 /// connection's sequence state before any trace of it starts, even when the
-/// peer then stays silent). LRU: flows of connections that ended are evicted
-/// by new ones, so the table never fills. An eviction racing with an update
+/// peer then stays silent). An entry follows its connection: a new SYN on
+/// its 4-tuple resets it (a reused port must not inherit the old
+/// connection's sequence numbers: a new ISN can be "behind" the old one), and
+/// it is removed when the connection ends (FIN both ways, an RST). LRU:
+/// entries of connections that vanished silently are evicted by new ones,
+/// so the table never fills. An eviction racing with an update
 /// of that very element would need 65536 newer flows within one packet's
 /// processing; the worst outcome is one flow's stale state.
 #[map]
@@ -176,11 +180,19 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
         .flow_key(pkt, false, tcp.dport, tcp.sport)
         .ok_or(Skip::Malformed)?;
     let key = &key.0;
+    let syn = tcp.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
     let state = match INBAND_FLOWS.get_ptr_mut(key) {
-        Some(state) => state,
+        Some(state) => {
+            if syn {
+                // A new connection on this 4-tuple (or a SYN retransmission,
+                // which resets to the same).
+                // SAFETY: see `reset`.
+                unsafe { reset(state) };
+            }
+            state
+        }
         None => {
             // A new connection to a port we serve: start tracking it.
-            let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             if !syn || INBAND_LISTEN_PORTS.get(u32::from(tcp.dport)).copied() != Some(1) {
                 return Ok(());
             }
@@ -192,6 +204,10 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
             }
         }
     };
+    if syn {
+        // A SYN sets nothing (see `reset`): the handshake's ACK does.
+        return Ok(());
+    }
     let payload_len = payload_len(pkt, ip, &tcp)?;
     let Some(options) = INBAND_SCRATCH.get_ptr_mut(0) else {
         return Ok(());
@@ -200,15 +216,20 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
     // nest on one CPU.
     let options = unsafe { &mut *options };
     let options_len = read_tcp_options(pkt, ip.l4_offset + 20, tcp.options_len(), options);
-    let tsval = tcp_options_tsval(options, options_len);
     let next = tcp.seq.wrapping_add(tcp.seq_len(payload_len));
 
     // SAFETY: `state` points into the map element, valid for this run (no
     // preallocation: RCU-freed). Other CPUs may update it concurrently; the
     // fields are independent words and a lost update is refreshed by the
     // next segment. Raw-pointer accesses, no references are formed.
-    let armed = unsafe {
+    let (armed, ended) = unsafe {
         let seen = (*state).seen;
+        // Linux takes an RST only at exactly its rcv_nxt (RFC 5961 3.2): a
+        // blind one does not end the connection, so it must not end the
+        // flow's state either.
+        let ended_by_rst = tcp.flags & TCP_RST != 0
+            && seen & FlowState::SEEN_PEER != 0
+            && tcp.seq == (*state).peer_seq_next;
         let first = seen & FlowState::SEEN_PEER == 0;
         // Forward-only: a reordered or retransmitted segment must not move
         // the probes' acknowledgment number back.
@@ -223,25 +244,71 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
             (*state).peer_ack = tcp.ack;
             seen |= FlowState::PEER_ACKED;
         }
-        match tsval {
-            Some(tsval) => {
-                (*state).peer_tsval = tsval;
-                seen |= FlowState::PEER_TIMESTAMPS;
-            }
-            None => seen &= !FlowState::PEER_TIMESTAMPS,
-        }
+        // Userspace finds the timestamp option in them (TSecr of a probe).
+        // Map values are 8-aligned and `peer_options` sits at offset 32.
+        copy_words(
+            (&raw mut (*state).peer_options).cast::<u64>(),
+            options.bytes.as_ptr().cast::<u64>(),
+            MAX_TCP_OPTIONS / 8,
+        );
+        (*state).peer_options_len = options_len as u8;
         (*state).peer_ttl = ip.ttl;
+        if tcp.flags & TCP_FIN != 0 {
+            seen |= FlowState::PEER_FIN;
+        }
         (*state).seen = seen;
         (*state).peer_segments = (*state).peer_segments.wrapping_add(1);
-        (*state).armed
+        let both_fins = FlowState::PEER_FIN | FlowState::LOCAL_FIN;
+        (
+            (*state).armed,
+            ended_by_rst || seen & both_fins == both_fins,
+        )
     };
-    if armed == 0 {
-        return Ok(());
+    if armed != 0 {
+        report_peer_segment(ctx, key, &tcp, ip.ttl, payload_len, options, options_len);
     }
+    if ended {
+        // The connection is over: nothing of it may be used for a probe,
+        // or inherited by the next connection on this 4-tuple.
+        let _ = INBAND_FLOWS.remove(key);
+        count(InbandStat::FlowsEnded);
+    }
+    Ok(())
+}
 
+/// Resets a flow's state for a new connection on its 4-tuple, keeping only
+/// `armed` (userspace's). The SYN itself then sets nothing but what every
+/// segment sets: the handshake's ACK (or, on a live connection whose peer
+/// answered a forged SYN with a challenge ACK, the genuine next segment)
+/// sets the sequence state afresh.
+///
+/// # Safety
+/// `state` must point to a live element of `INBAND_FLOWS` (8-byte aligned).
+#[inline(always)]
+unsafe fn reset(state: *mut FlowState) {
+    // SAFETY: per the contract; FlowState is 112 bytes, 14 words.
+    unsafe {
+        let armed = (*state).armed;
+        zero_words(state.cast::<u64>(), size_of::<FlowState>() / 8);
+        (*state).armed = armed;
+    }
+    count(InbandStat::FlowsReset);
+}
+
+/// Reports a peer segment of an armed flow.
+#[inline(always)]
+fn report_peer_segment(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    tcp: &TcpHeader,
+    ttl: u8,
+    payload_len: usize,
+    options: &OptionsScratch,
+    options_len: usize,
+) {
     let Some(mut entry) = INBAND_EVENTS.reserve::<InbandEvent>(0) else {
         count(InbandStat::RingbufDrops);
-        return Ok(());
+        return;
     };
     // Field by field into the reserved record: building the 128-byte
     // event on the stack first would overflow the 512-byte BPF stack.
@@ -263,17 +330,18 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
         (*event).kind = EVENT_TCP;
         (*event).icmp_type = 0;
         (*event).icmp_code = 0;
-        (*event).ttl = ip.ttl;
+        (*event).ttl = ttl;
         (*event).tcp_flags = tcp.flags;
         (*event).options_len = options_len as u8;
         (*event).pad = [0; 2];
-        for (slot, byte) in (*event).options.iter_mut().zip(options.bytes.iter()) {
-            *slot = *byte;
-        }
+        copy_words(
+            (&raw mut (*event).options).cast::<u64>(),
+            options.bytes.as_ptr().cast::<u64>(),
+            MAX_TCP_OPTIONS / 8,
+        );
     }
     entry.submit(0);
     count(InbandStat::TcpReported);
-    Ok(())
 }
 
 /// TCP payload length from the IP length fields (the packet length when
@@ -313,6 +381,11 @@ fn local_segment(pkt: &TcPacket<'_>) -> Result<(), Skip> {
     let Some(state) = INBAND_FLOWS.get_ptr_mut(key) else {
         return Ok(());
     };
+    if tcp.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+        // We open a new connection on this 4-tuple (`netray trace`).
+        // SAFETY: see `reset`.
+        unsafe { reset(state) };
+    }
     // TC sees GSO super-packets: the IP length fields describe the whole
     // super-packet (or are 0 with BIG TCP, then the skb length is used).
     let payload_len = payload_len(pkt, &ip, &tcp)?;
@@ -323,29 +396,36 @@ fn local_segment(pkt: &TcPacket<'_>) -> Result<(), Skip> {
     // with bottom halves disabled, so they do not nest on one CPU.
     let options = unsafe { &mut *options };
     let options_len = read_tcp_options(pkt, ip.l4_offset + 20, tcp.options_len(), options);
-    let tsval = tcp_options_tsval(options, options_len);
     let next = tcp.seq.wrapping_add(tcp.seq_len(payload_len));
 
-    // SAFETY: as in `peer_segment`.
+    // SAFETY: as in `peer_segment`; `local_options` sits at offset 72.
     unsafe {
         let seen = (*state).seen;
         // Forward-only: retransmissions must not move snd_nxt back.
         if seen & FlowState::SEEN_LOCAL == 0 || seq_after(next, (*state).local_seq_next) {
             (*state).local_seq_next = next;
         }
-        let mut seen = seen | FlowState::SEEN_LOCAL;
-        match tsval {
-            Some(tsval) => {
-                (*state).local_tsval = tsval;
-                seen |= FlowState::LOCAL_TIMESTAMPS;
-            }
-            None => seen &= !FlowState::LOCAL_TIMESTAMPS,
-        }
+        copy_words(
+            (&raw mut (*state).local_options).cast::<u64>(),
+            options.bytes.as_ptr().cast::<u64>(),
+            MAX_TCP_OPTIONS / 8,
+        );
+        (*state).local_options_len = options_len as u8;
         (*state).local_window = tcp.window;
         (*state).local_tos = ip.tos;
         (*state).local_flow_label = ip.flow_label;
+        let mut seen = seen | FlowState::SEEN_LOCAL;
+        if tcp.flags & TCP_FIN != 0 {
+            seen |= FlowState::LOCAL_FIN;
+        }
         (*state).seen = seen;
         (*state).local_segments = (*state).local_segments.wrapping_add(1);
+        let both_fins = FlowState::PEER_FIN | FlowState::LOCAL_FIN;
+        // Our RST: our kernel has dropped the connection.
+        if tcp.flags & TCP_RST != 0 || seen & both_fins == both_fins {
+            let _ = INBAND_FLOWS.remove(key);
+            count(InbandStat::FlowsEnded);
+        }
     }
     count(InbandStat::EgressUpdates);
     Ok(())

@@ -391,6 +391,8 @@ pub fn parse_ipv6<P: Packet>(pkt: &P, offset: usize) -> Result<IpHeader, Skip> {
 pub const TCP_FIN: u8 = 0x01;
 /// TCP flag SYN.
 pub const TCP_SYN: u8 = 0x02;
+/// TCP flag RST.
+pub const TCP_RST: u8 = 0x04;
 /// TCP flag ACK.
 pub const TCP_ACK: u8 = 0x10;
 
@@ -449,36 +451,35 @@ pub fn parse_tcp<P: Packet>(pkt: &P, offset: usize) -> Result<TcpHeader, Skip> {
     })
 }
 
-/// Size of [`OptionsScratch::bytes`]: the 40 option bytes plus slack, so
-/// that reads at `index + 5` for an index the verifier only knows to be at
-/// most 38 stay inside the buffer.
-pub const OPTIONS_BUFFER: usize = 64;
+/// Size of [`OptionsScratch::bytes`]: the 40 option bytes, five words.
+pub const OPTIONS_BUFFER: usize = MAX_TCP_OPTIONS;
 
-const _: () = assert!(OPTIONS_BUFFER.is_multiple_of(8) && OPTIONS_BUFFER >= MAX_TCP_OPTIONS + 6);
+const _: () = assert!(OPTIONS_BUFFER.is_multiple_of(8));
 
-/// Per-CPU scratch memory (a map value) for parsing a segment's TCP
-/// options: the BPF stack (512 bytes) is too small for it next to the
-/// parsed headers.
+/// Per-CPU scratch memory (a map value) for a segment's TCP options: the
+/// BPF stack (512 bytes) is too small for them next to the parsed headers.
+///
+/// The options are not parsed in the kernel: they are copied as they are
+/// (into the flow state and the event) and userspace reads the timestamp
+/// option out of them. An option walk is a data-dependent loop; the 6.12
+/// verifier gave up on it ("sequence of 8193 jumps is too complex").
 #[repr(C)]
 pub struct OptionsScratch {
     /// The option bytes; past the copied length they are zero (End of
     /// Option List).
     pub bytes: [u8; OPTIONS_BUFFER],
-    /// Where [`tcp_options_tsval`] launders values (see there).
-    pub slot: u64,
 }
 
-impl OptionsScratch {
-    /// `value`, passed through map memory so that the verifier forgets
-    /// everything it knew about it.
-    #[inline(always)]
-    fn launder(&mut self, value: usize) -> usize {
-        // SAFETY: `slot` is a field of this (map) value; volatile keeps
-        // LLVM from forwarding the stored value to the load.
-        unsafe {
-            core::ptr::write_volatile(&raw mut self.slot, value as u64);
-            core::ptr::read_volatile(&raw const self.slot) as usize
-        }
+/// Copies `words` 8-byte words from `src` to `dst` with volatile word
+/// accesses (no `memcpy` call, see [`zero_words`]).
+///
+/// # Safety
+/// Both must be 8-byte aligned, valid for `words * 8` bytes, and not overlap.
+#[inline(always)]
+pub unsafe fn copy_words(dst: *mut u64, src: *const u64, words: usize) {
+    for i in 0..words {
+        // SAFETY: in bounds and aligned per the caller's contract.
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
     }
 }
 
@@ -489,7 +490,8 @@ impl OptionsScratch {
 /// Four bytes at a time: option space is a multiple of 4 (data offset times
 /// 4, minus 20), and it avoids 1-byte bounds checks, which LLVM turns from
 /// `p + 1 > end` into `p >= end`, a form from which the verifier learns no
-/// packet range.
+/// packet range. A fixed number of rounds with one exit test each: the
+/// verifier walks it in a straight line.
 #[inline(always)]
 pub fn read_tcp_options<P: Packet>(
     pkt: &P,
@@ -517,62 +519,6 @@ pub fn read_tcp_options<P: Packet>(
         copied = at + 4;
     }
     copied
-}
-
-/// The TSval of the timestamp option (kind 8, length 10) among the first
-/// `len` bytes of `options` (as filled by [`read_tcp_options`]).
-///
-/// Shaped for the verifier. The walk jumps from option to option; its
-/// position would be a precise, ever-changing range to the verifier (it
-/// indexes memory), and every NOP-or-option branch would multiply the states
-/// to visit; `len` arrives as a different constant from each exit of
-/// [`read_tcp_options`], which multiplied them again (~250k verified
-/// instructions for this loop, over the 1M limit in other shapes). So both
-/// pass through map memory (volatile store and load): the verifier knows
-/// nothing of the values it reads back but the bounds checked right here,
-/// the same in every round and on every path, and the position itself only
-/// feeds comparisons, so it is not tracked precisely and rounds prune.
-/// (~30k verified instructions for the whole XDP program.)
-#[inline(always)]
-pub fn tcp_options_tsval(options: &mut OptionsScratch, len: usize) -> Option<u32> {
-    let len = options.launder(len);
-    let len = if len < MAX_TCP_OPTIONS {
-        len
-    } else {
-        MAX_TCP_OPTIONS
-    };
-    let mut i = 0usize;
-    while i + 2 <= len {
-        let at = options.launder(i);
-        if at + 2 > MAX_TCP_OPTIONS {
-            return None;
-        }
-        let (Some(&kind), Some(&opt_len)) = (options.bytes.get(at), options.bytes.get(at + 1))
-        else {
-            return None;
-        };
-        match kind {
-            0 => return None, // end of options
-            1 => i += 1,      // NOP
-            8 if opt_len == 10 => {
-                if at + 10 > len {
-                    return None;
-                }
-                let (Some(&a), Some(&b), Some(&c), Some(&d)) = (
-                    options.bytes.get(at + 2),
-                    options.bytes.get(at + 3),
-                    options.bytes.get(at + 4),
-                    options.bytes.get(at + 5),
-                ) else {
-                    return None;
-                };
-                return Some(u32::from_be_bytes([a, b, c, d]));
-            }
-            _ if opt_len < 2 => return None,
-            _ => i += usize::from(opt_len),
-        }
-    }
-    None
 }
 
 /// `a` comes after `b` in 32-bit sequence space (RFC 1982 style).

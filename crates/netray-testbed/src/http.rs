@@ -40,7 +40,35 @@ impl Response {
 /// `GET path` with the given `Accept`, in the calling thread's network
 /// namespace; waits at most `timeout` for the whole response.
 pub fn get(addr: SocketAddr, path: &str, accept: &str, timeout: Duration) -> io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    get_on(stream, path, accept, timeout)
+}
+
+/// Like [`get`], from the local address `source` (one of the namespace's
+/// own, e.g. [`crate::visitor_addr`]).
+pub fn get_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> io::Result<Response> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    get_on(socket.into(), path, accept, timeout)
+}
+
+fn get_on(
+    mut stream: TcpStream,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> io::Result<Response> {
     stream.set_read_timeout(Some(timeout))?;
     write!(
         stream,
@@ -125,4 +153,24 @@ mod tests {
         assert_eq!(dechunk(b"zz\r\n"), b"");
         assert_eq!(dechunk(b"10\r\nshort"), b"");
     }
+}
+
+/// A TCP connection to `addr` from `local_port` of the calling thread's
+/// namespace, with SO_REUSEADDR so that a test can use one 4-tuple for
+/// several connections in a row.
+pub fn connect_from(addr: SocketAddr, local_port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    let any: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    socket.bind(&SocketAddr::new(any, local_port).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }

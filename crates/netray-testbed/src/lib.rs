@@ -56,6 +56,7 @@
 //! Everything needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN), iproute2's `ip` and,
 //! for behaviours and loss, `nft`.
 
+pub mod forge;
 pub mod http;
 mod netns;
 pub mod probe;
@@ -63,4 +64,7 @@ mod topology;
 
 pub use netns::{Netns, Spawned, cleanup_stale};
 pub use probe::ProbeReply;
-pub use topology::{Family, RouterBehavior, Side, Testbed, Topology, link_addr, link_ifname};
+pub use topology::{
+    Family, RouterBehavior, Side, Testbed, Topology, VISITOR_NETWORKS, link_addr, link_ifname,
+    visitor_addr,
+};

@@ -88,6 +88,30 @@ pub fn link_addr(link: usize, end: Side, family: Family) -> IpAddr {
 }
 
 /// The subnet of link `link`: `10.0.<link>.0/24` or `fd00:0:0:<link>::/64`.
+/// How many extra visitor networks the client node has (see
+/// [`Testbed::visitor_addr`]).
+pub const VISITOR_NETWORKS: usize = 4;
+
+/// Address of visitor `j` (`1..=VISITOR_NETWORKS`): IPv4 `10.200.j.1`
+/// (its own /24), IPv6 `fd00:c8:j::1` (its own /48); `j = 0` is the client's
+/// link address.
+pub fn visitor_addr(j: usize, family: Family) -> IpAddr {
+    if j == 0 {
+        return link_addr(0, Side::Client, family);
+    }
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(10, 200, j as u8, 1)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0xc8, j as u16, 0, 0, 0, 0, 1)),
+    }
+}
+
+fn visitor_prefix(j: usize, family: Family) -> String {
+    match family {
+        Family::V4 => format!("10.200.{j}.0/24"),
+        Family::V6 => format!("fd00:c8:{j:x}::/48"),
+    }
+}
+
 fn prefix(link: usize, family: Family) -> String {
     let len = match family {
         Family::V4 => 24,
@@ -378,6 +402,19 @@ fn node_config(i: usize, n: usize) -> String {
              link set {ifname} up"
         );
     }
+    if i == 0 {
+        // Visitors from other networks, all living on the client node
+        // (on lo, so the link address stays the default source).
+        for j in 1..=VISITOR_NETWORKS {
+            let _ = writeln!(
+                s,
+                "addr add {}/32 dev lo\naddr add {}/128 dev lo nodad",
+                visitor_addr(j, Family::V4),
+                visitor_addr(j, Family::V6)
+            );
+        }
+        s.push_str("link set lo up\n");
+    }
     for f in [Family::V4, Family::V6] {
         let default = if f == Family::V4 { "0.0.0.0/0" } else { "::/0" };
         let gateway = if i <= n {
@@ -390,6 +427,9 @@ fn node_config(i: usize, n: usize) -> String {
             let back = link_addr(i - 1, Side::Client, f);
             for link in 0..i - 1 {
                 let _ = writeln!(s, "route add {} via {back}", prefix(link, f));
+            }
+            for j in 1..=VISITOR_NETWORKS {
+                let _ = writeln!(s, "route add {} via {back}", visitor_prefix(j, f));
             }
         }
     }

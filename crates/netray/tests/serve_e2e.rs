@@ -77,6 +77,31 @@ fn trace_json(testbed: &Testbed, family: Family) -> Value {
     })
 }
 
+/// Like [`trace_json`], from `source`, one of the client node's addresses.
+fn trace_json_from(testbed: &Testbed, source: IpAddr) -> Value {
+    let family = if source.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let addr = SocketAddr::new(testbed.server_addr(family), PORT);
+    let response = testbed
+        .client()
+        .run(move || {
+            netray_testbed::http::get_from(
+                source,
+                addr,
+                "/trace.json",
+                "*/*",
+                Duration::from_secs(15),
+            )
+        })
+        .expect("client namespace")
+        .expect("GET /trace.json");
+    assert_undisturbed(&response);
+    serde_json::from_slice(&response.body).expect("JSON")
+}
+
 fn assert_undisturbed(response: &Response) {
     assert_eq!(
         response.status,
@@ -346,12 +371,14 @@ fn concurrent_visitors_share_rate_limited_hops() {
         .build()
         .expect("testbed");
     let _server = start_server(&testbed, MANY_VISITORS);
-    let expected = expected_path(&testbed, Family::V4, &[]);
+    // Visitors from several networks: a router is shared only once visitors
+    // of two unrelated networks saw it.
     let results = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..12)
-            .map(|_| {
+            .map(|i| {
                 let testbed = &testbed;
-                scope.spawn(move || trace_json(testbed, Family::V4))
+                let source = netray_testbed::visitor_addr(i % 3, Family::V4);
+                scope.spawn(move || (source, trace_json_from(testbed, source)))
             })
             .collect();
         workers
@@ -360,7 +387,9 @@ fn concurrent_visitors_share_rate_limited_hops() {
             .collect::<Vec<_>>()
     });
     let mut cached = 0;
-    for result in &results {
+    for (source, result) in &results {
+        let mut expected = expected_path(&testbed, Family::V4, &[]);
+        *expected.last_mut().unwrap() = Some(*source);
         assert_hops_with(result, &expected, None, true);
         cached += result["hops"]
             .as_array()

@@ -119,6 +119,10 @@ pub struct CaptureStats {
     pub malformed: u64,
     /// Egress segments that updated a registered flow.
     pub egress_updates: u64,
+    /// Flows reset by a new SYN on their 4-tuple.
+    pub flows_reset: u64,
+    /// Flows removed because their connection ended (FIN both ways, RST).
+    pub flows_ended: u64,
     /// Events read from the ring buffer whose flow had no subscriber any
     /// more (it was dropped while the event was in flight).
     pub undeliverable: u64,
@@ -260,6 +264,8 @@ impl Capture {
             ringbuf_drops: read(InbandStat::RingbufDrops),
             malformed: read(InbandStat::Malformed),
             egress_updates: read(InbandStat::EgressUpdates),
+            flows_reset: read(InbandStat::FlowsReset),
+            flows_ended: read(InbandStat::FlowsEnded),
             undeliverable: self.undeliverable.load(Ordering::Relaxed),
         }
     }

@@ -8,7 +8,11 @@
 //!   one this trace sent as a probe, else the message is ignored;
 //! - a probe reached the destination when the peer's ACK carries a (D-)SACK
 //!   block covering the probe's one byte; a peer without SACK or an RST still
-//!   marks the destination as reached, at the TTL after the last router.
+//!   marks the destination as reached, at the TTL after the last router, but
+//!   only a segment the peer's TCP could have sent counts: an RST or a
+//!   duplicate ACK must carry exactly the peer's next sequence number (what
+//!   Linux requires of an RST, RFC 5961 3.2), so a blind off-path RST or ACK
+//!   cannot end a trace. Such segments are counted as unacceptable.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -23,6 +27,10 @@ use super::{
 
 /// TCP RST flag bit.
 const TCP_RST: u8 = 0x04;
+/// TCP SYN flag bit.
+const TCP_SYN: u8 = 0x02;
+/// TCP FIN flag bit.
+const TCP_FIN: u8 = 0x01;
 
 /// How a trace probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +84,9 @@ pub struct Trace {
     /// Lowest sequence number already acknowledged by the peer; probes count
     /// down from it.
     acked: u32,
+    /// The peer's next sequence number as our TCP expects it (rcv_nxt):
+    /// the probes' acknowledgment number, moved on by in-order data.
+    peer_next: u32,
     probes: HashMap<u32, SentProbe>,
     ttls: Vec<TtlState>,
     /// Lowest TTL whose probe the peer acknowledged.
@@ -84,6 +95,9 @@ pub struct Trace {
     destination_unidentified: bool,
     matched: u64,
     ignored: u64,
+    /// Peer segments that could not be the peer's TCP answering (RST or
+    /// duplicate ACK at another sequence number): blind or forged.
+    unacceptable: u64,
 }
 
 impl Trace {
@@ -94,13 +108,20 @@ impl Trace {
             config: EngineConfig { max_hops, ..config },
             peer: template.peer,
             acked: template.acked,
+            peer_next: template.ack,
             probes: HashMap::new(),
             ttls: vec![TtlState::default(); usize::from(max_hops)],
             destination_ttl: None,
             destination_unidentified: false,
             matched: 0,
             ignored: 0,
+            unacceptable: 0,
         }
+    }
+
+    /// Peer segments ignored as unacceptable (see the module documentation).
+    pub const fn unacceptable(&self) -> u64 {
+        self.unacceptable
     }
 
     /// The configuration in force.
@@ -169,6 +190,28 @@ impl Trace {
     }
 
     fn on_peer_segment(&mut self, event: &InbandEvent) -> Verdict {
+        let in_order = event.seq == self.peer_next;
+        if event.tcp_flags & TCP_RST != 0 {
+            // Linux resets a connection only for an RST at exactly rcv_nxt
+            // (an in-window one gets a challenge ACK); the peer's RST to a
+            // probe takes its sequence number from the probe's ACK field,
+            // which is rcv_nxt too.
+            if !in_order {
+                self.unacceptable += 1;
+                return Verdict::Ignored;
+            }
+            if self.probes.is_empty() {
+                return Verdict::Ignored;
+            }
+            self.destination_unidentified = true;
+            return Verdict::Matched;
+        }
+        let seq_len = u32::from(event.payload_len)
+            + u32::from(event.tcp_flags & TCP_SYN != 0)
+            + u32::from(event.tcp_flags & TCP_FIN != 0);
+        if in_order && seq_len > 0 {
+            self.peer_next = self.peer_next.wrapping_add(seq_len);
+        }
         let options_len = usize::from(event.options_len).min(MAX_TCP_OPTIONS);
         let mut matched = false;
         let mut duplicate = false;
@@ -201,12 +244,17 @@ impl Trace {
             return Verdict::Duplicate;
         }
         // A duplicate ACK (no data, no SACK, acknowledging exactly the edge
-        // our probes sit below) or an RST from the peer after we probed: the
-        // peer got a probe, but without SACK we cannot tell which. A segment
-        // whose SACK blocks name other bytes is not an answer to us.
-        let pure_dup_ack = event.payload_len == 0 && event.ack == self.acked && blocks.is_empty();
+        // our probes sit below) from the peer after we probed: the peer got
+        // a probe, but without SACK we cannot tell which. A segment whose
+        // SACK blocks name other bytes is not an answer to us, and one at a
+        // sequence number other than the peer's next is not the peer's.
+        let pure_dup_ack = seq_len == 0 && event.ack == self.acked && blocks.is_empty();
         let probed = !self.probes.is_empty();
-        if probed && (event.tcp_flags & TCP_RST != 0 || pure_dup_ack) {
+        if probed && pure_dup_ack {
+            if !in_order {
+                self.unacceptable += 1;
+                return Verdict::Ignored;
+            }
             self.destination_unidentified = true;
             return Verdict::Matched;
         }
@@ -365,6 +413,8 @@ mod tests {
     fn dsack(left: u32, at_ns: u64) -> InbandEvent {
         let mut event = icmp(0, PEER, at_ns);
         event.kind = EVENT_TCP;
+        // The peer's next sequence number (the template's ack).
+        event.seq = 5000;
         event.ack = 10_000;
         event.tcp_flags = 0x10;
         let mut options = vec![1, 1, 5, 10];
@@ -519,6 +569,54 @@ mod tests {
         data.options_len = 0;
         data.payload_len = 100;
         assert_eq!(t.on_event(&data), Verdict::Ignored);
+    }
+
+    #[test]
+    fn blind_rsts_and_acks_do_not_end_the_trace() {
+        let mut t = trace(8, 1);
+        t.on_event(&icmp(t.probe_seq(1, 0), "10.0.0.1", 2));
+        let mut forged = dsack(0, 3);
+        forged.options_len = 0;
+        for (i, flags) in [0x04u8, 0x14].into_iter().cycle().take(60).enumerate() {
+            forged.tcp_flags = flags;
+            // Anywhere but the peer's next sequence number, in window or not.
+            forged.seq = 5000u32
+                .wrapping_add(1 + i as u32 * 7919)
+                .wrapping_mul(2654435761);
+            if forged.seq == 5000 {
+                forged.seq = 5001;
+            }
+            assert_eq!(t.on_event(&forged), Verdict::Ignored);
+        }
+        let mut dup_ack = dsack(0, 3);
+        dup_ack.options_len = 0;
+        dup_ack.seq = 4999;
+        assert_eq!(t.on_event(&dup_ack), Verdict::Ignored);
+        assert_eq!(t.unacceptable(), 61);
+        assert_eq!(t.destination_ttl(), None);
+
+        // The peer's own RST (sequence number = the probes' ACK) counts.
+        let mut rst = dsack(0, 4);
+        rst.options_len = 0;
+        rst.tcp_flags = 0x04;
+        assert_eq!(t.on_event(&rst), Verdict::Matched);
+        assert_eq!(t.destination_ttl(), Some(2));
+    }
+
+    #[test]
+    fn in_order_data_moves_the_peers_next_sequence_number() {
+        let mut t = trace(8, 1);
+        let mut data = dsack(0, 3);
+        data.options_len = 0;
+        data.payload_len = 100;
+        assert_eq!(t.on_event(&data), Verdict::Ignored);
+        // The duplicate ACK after the data carries seq 5100.
+        let mut dup_ack = dsack(0, 4);
+        dup_ack.options_len = 0;
+        assert_eq!(t.on_event(&dup_ack), Verdict::Ignored);
+        dup_ack.seq = 5100;
+        assert_eq!(t.on_event(&dup_ack), Verdict::Matched);
+        assert_eq!(t.unacceptable(), 1);
     }
 
     #[test]

@@ -74,6 +74,31 @@ pub trait PathTracer: Send + Sync + 'static {
 
     /// Counters for `/metrics`.
     fn stats(&self) -> TracerStats;
+
+    /// How traces ended and what hostile input was ignored, for `/metrics`
+    /// (zero for tracers that do not keep them).
+    fn outcome_stats(&self) -> TraceOutcomeStats {
+        TraceOutcomeStats::default()
+    }
+}
+
+/// How traces ended, and peer segments ignored as not the peer's
+/// (monotonic since start). A trace that did not reach its destination is
+/// counted under exactly one reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceOutcomeStats {
+    /// Traces that reached the destination.
+    pub reached: u64,
+    /// Not reached: nothing answered any probe.
+    pub unreached_no_reply: u64,
+    /// Not reached: routers answered, the destination did not within the
+    /// maximum number of hops.
+    pub unreached_max_hops: u64,
+    /// Not reached: the connection closed during the trace.
+    pub unreached_connection_closed: u64,
+    /// Peer RSTs and duplicate ACKs at a sequence number the peer's TCP
+    /// could not have sent (blind or forged), ignored.
+    pub peer_segments_unacceptable: u64,
 }
 
 /// Counters a [`PathTracer`] keeps (monotonic since start).

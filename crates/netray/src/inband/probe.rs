@@ -84,7 +84,6 @@ impl ProbeTemplate {
                 sent: state.local_seq_next,
             });
         }
-        let both_timestamps = FlowState::PEER_TIMESTAMPS | FlowState::LOCAL_TIMESTAMPS;
         Ok(Self {
             local,
             peer,
@@ -95,8 +94,9 @@ impl ProbeTemplate {
             window: state.local_window,
             tos: state.local_tos,
             flow_label: state.local_flow_label,
-            timestamps: (state.seen & both_timestamps == both_timestamps)
-                .then_some((state.local_tsval, state.peer_tsval)),
+            // Both sides' latest segments carried timestamps: the
+            // connection negotiated them (RFC 7323).
+            timestamps: state.local_tsval().zip(state.peer_tsval()),
         })
     }
 
@@ -218,20 +218,26 @@ mod tests {
         }
     }
 
+    /// NOP NOP TS(tsval, 0), as Linux sends it, in an options field.
+    fn timestamp_options(tsval: u32) -> [u8; netray_common::inband::MAX_TCP_OPTIONS] {
+        let mut options = [0; netray_common::inband::MAX_TCP_OPTIONS];
+        options[..4].copy_from_slice(&[1, 1, 8, 10]);
+        options[4..8].copy_from_slice(&tsval.to_be_bytes());
+        options
+    }
+
     fn state() -> FlowState {
         FlowState {
             peer_seq_next: 7,
             peer_ack: 100,
-            peer_tsval: 5,
+            peer_options: timestamp_options(5),
+            peer_options_len: 12,
             local_seq_next: 100,
-            local_tsval: 9,
+            local_options: timestamp_options(9),
+            local_options_len: 12,
             local_window: 64,
             local_tos: 0,
-            seen: FlowState::SEEN_PEER
-                | FlowState::PEER_ACKED
-                | FlowState::SEEN_LOCAL
-                | FlowState::PEER_TIMESTAMPS
-                | FlowState::LOCAL_TIMESTAMPS,
+            seen: FlowState::SEEN_PEER | FlowState::PEER_ACKED | FlowState::SEEN_LOCAL,
             ..FlowState::default()
         }
     }
@@ -329,7 +335,7 @@ mod tests {
             Err(TemplateError::InFlight { .. })
         ));
         let mut s = state();
-        s.seen &= !FlowState::PEER_TIMESTAMPS;
+        s.peer_options_len = 0;
         assert_eq!(
             ProbeTemplate::from_flow(a, b, 1, 2, &s).unwrap().timestamps,
             None

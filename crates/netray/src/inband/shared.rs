@@ -13,6 +13,12 @@
 //! (the path so far), and only one router was seen after that one recently.
 //! Where paths diverge, a predecessor has several successors and nothing is
 //! filled in.
+//!
+//! And corroborated: a visitor knows its own connection's sequence numbers
+//! and can forge Time Exceeded for its own probes, so one visitor's replies
+//! must never fill another visitor's trace. A router is used only once the
+//! traces of at least two unrelated visitors (different /24 for IPv4, /48
+//! for IPv6) saw it at that position.
 
 use std::{
     collections::HashMap,
@@ -30,9 +36,41 @@ const FRESH_FOR: Duration = Duration::from_secs(60);
 /// before it (`None` at TTL 1: the server's own next hop).
 type Key = (bool, u8, Option<IpAddr>);
 
-#[derive(Debug)]
+/// Visitors this far apart are unrelated (IPv4 /24, IPv6 /48).
+const CORROBORATING_VISITORS: usize = 2;
+
+/// The network of a visitor, for telling unrelated visitors apart.
+fn visitor_prefix(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+        }
+    }
+}
+
+/// Who saw a router at a position, and when (per visitor prefix).
+#[derive(Debug, Default)]
 struct Seen {
-    at: Instant,
+    by: HashMap<IpAddr, Instant>,
+}
+
+impl Seen {
+    fn forget_before(&mut self, now: Instant) {
+        self.by.retain(|_, at| now.duration_since(*at) < FRESH_FOR);
+    }
+
+    fn corroborated(&self, now: Instant) -> bool {
+        self.by
+            .values()
+            .filter(|at| now.duration_since(**at) < FRESH_FOR)
+            .count()
+            >= CORROBORATING_VISITORS
+    }
 }
 
 /// Routers learned from recent traces.
@@ -64,7 +102,11 @@ impl SharedHops {
                 (Some(_), _) if hop.nat => break,
                 (Some(addr), true) => {
                     let successors = table.entry((v4, hop.ttl, previous)).or_default();
-                    successors.insert(addr, Seen { at: now });
+                    successors
+                        .entry(addr)
+                        .or_default()
+                        .by
+                        .insert(visitor_prefix(peer), now);
                     previous = Some(addr);
                 }
                 (Some(addr), false) => previous = Some(addr),
@@ -73,7 +115,10 @@ impl SharedHops {
             }
         }
         table.retain(|_, successors| {
-            successors.retain(|_, seen| now.duration_since(seen.at) < FRESH_FOR);
+            successors.retain(|_, seen| {
+                seen.forget_before(now);
+                !seen.by.is_empty()
+            });
             !successors.is_empty()
         });
     }
@@ -95,10 +140,11 @@ impl SharedHops {
                 break;
             }
             if hop.addr.is_none() {
+                // Only corroborated routers count, also when deciding whether
+                // the path diverges here: an uncorroborated one (perhaps
+                // forged) neither fills a hop nor hides the real router.
                 let sure = table.get(&(v4, hop.ttl, previous)).and_then(|successors| {
-                    let mut fresh = successors
-                        .iter()
-                        .filter(|(_, seen)| now.duration_since(seen.at) < FRESH_FOR);
+                    let mut fresh = successors.iter().filter(|(_, seen)| seen.corroborated(now));
                     let (addr, _) = fresh.next()?;
                     fresh.next().is_none().then_some(*addr)
                 });
@@ -143,15 +189,16 @@ mod tests {
     #[test]
     fn fills_rate_limited_hops_from_another_visitors_trace() {
         let shared = SharedHops::default();
-        let a = ip("198.51.100.1");
-        shared.learn(
-            a,
-            &[
-                answered(1, "10.0.0.1"),
-                answered(2, "10.0.1.1"),
-                destination(3, "198.51.100.1"),
-            ],
-        );
+        for a in ["198.51.100.1", "203.0.113.1"] {
+            shared.learn(
+                ip(a),
+                &[
+                    answered(1, "10.0.0.1"),
+                    answered(2, "10.0.1.1"),
+                    destination(3, a),
+                ],
+            );
+        }
         let b = ip("198.51.100.2");
         let mut hops = vec![
             Hop::silent(1),
@@ -169,15 +216,19 @@ mod tests {
     #[test]
     fn never_fills_where_paths_diverge() {
         let shared = SharedHops::default();
-        shared.learn(
-            ip("198.51.100.1"),
-            &[answered(1, "10.0.0.1"), answered(2, "10.0.1.1")],
-        );
-        // After 10.0.0.1 two different routers were seen: don't guess.
-        shared.learn(
-            ip("198.51.100.9"),
-            &[answered(1, "10.0.0.1"), answered(2, "10.0.9.1")],
-        );
+        for visitor in ["198.51.100.1", "203.0.113.1"] {
+            shared.learn(
+                ip(visitor),
+                &[answered(1, "10.0.0.1"), answered(2, "10.0.1.1")],
+            );
+        }
+        // After 10.0.0.1 two different corroborated routers: don't guess.
+        for visitor in ["198.51.100.9", "192.0.2.9"] {
+            shared.learn(
+                ip(visitor),
+                &[answered(1, "10.0.0.1"), answered(2, "10.0.9.1")],
+            );
+        }
         let mut hops = vec![Hop::silent(1), Hop::silent(2)];
         shared.fill(ip("198.51.100.2"), &mut hops);
         assert_eq!(hops[0].addr, Some(ip("10.0.0.1")));
@@ -208,10 +259,41 @@ mod tests {
     }
 
     #[test]
+    fn one_visitors_routers_never_fill_another_visitors_trace() {
+        let shared = SharedHops::default();
+        // A visitor forges a router at TTL 2 (it knows its own sequence
+        // numbers), from several addresses of its /24, many times.
+        for i in 1..=20 {
+            shared.learn(
+                ip(&format!("198.51.100.{i}")),
+                &[answered(1, "10.0.0.1"), answered(2, "192.0.2.66")],
+            );
+        }
+        // The real router at TTL 1 is corroborated by another network.
+        shared.learn(
+            ip("203.0.113.5"),
+            &[answered(1, "10.0.0.1"), Hop::silent(2)],
+        );
+        let mut hops = vec![Hop::silent(1), Hop::silent(2)];
+        shared.fill(ip("203.0.113.7"), &mut hops);
+        assert_eq!(hops[0].addr, Some(ip("10.0.0.1")));
+        assert!(hops[0].cached);
+        assert_eq!(hops[1].addr, None, "the forged router was filled in");
+        // An IPv6 visitor's addresses within one /48 are one visitor too.
+        for (i, visitor) in ["2001:db8:1:1::1", "2001:db8:1:2::1"].iter().enumerate() {
+            shared.learn(ip(visitor), &[answered(1, &format!("fd00::{}", i + 1))]);
+        }
+        let mut hops = vec![Hop::silent(1)];
+        shared.fill(ip("2001:db8:2::1"), &mut hops);
+        assert_eq!(hops[0].addr, None);
+    }
+
+    #[test]
     fn forgets_after_a_while() {
         let shared = SharedHops::default();
         let then = Instant::now();
         shared.learn_at(ip("198.51.100.1"), &[answered(1, "10.0.0.1")], then);
+        shared.learn_at(ip("203.0.113.1"), &[answered(1, "10.0.0.1")], then);
         let mut hops = vec![Hop::silent(1)];
         shared.fill_at(
             ip("198.51.100.2"),

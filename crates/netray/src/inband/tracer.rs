@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::{
-    Connection, PathTracer, TraceError, TracerStats,
+    Connection, PathTracer, TraceError, TraceOutcomeStats, TracerStats,
     capture::{Capture, FlowSubscription, addr_from_bytes, flow_key},
     engine::{EngineConfig, Trace, Verdict},
     model::{TraceResult, TraceSnapshot},
@@ -69,6 +69,11 @@ struct Counters {
     probes_sent: AtomicU64,
     matched: AtomicU64,
     ignored: AtomicU64,
+    reached: AtomicU64,
+    unreached_no_reply: AtomicU64,
+    unreached_max_hops: AtomicU64,
+    unreached_connection_closed: AtomicU64,
+    peer_segments_unacceptable: AtomicU64,
 }
 
 type ConnectionKey = (SocketAddr, SocketAddr);
@@ -232,6 +237,17 @@ impl PathTracer for InbandTracer {
             // flow but no probe of it (late, stray or forged).
             icmp_ignored: kernel.icmp_ignored + c.ignored.load(Relaxed),
             ringbuf_drops: kernel.ringbuf_drops,
+        }
+    }
+
+    fn outcome_stats(&self) -> TraceOutcomeStats {
+        let c = &self.inner.counters;
+        TraceOutcomeStats {
+            reached: c.reached.load(Relaxed),
+            unreached_no_reply: c.unreached_no_reply.load(Relaxed),
+            unreached_max_hops: c.unreached_max_hops.load(Relaxed),
+            unreached_connection_closed: c.unreached_connection_closed.load(Relaxed),
+            peer_segments_unacceptable: c.peer_segments_unacceptable.load(Relaxed),
         }
     }
 }
@@ -410,6 +426,18 @@ async fn probe_and_collect(
         }
     }
     debug!(peer = %key.1, sent, elapsed = ?started.elapsed(), "trace finished");
+    let c = &inner.counters;
+    c.peer_segments_unacceptable
+        .fetch_add(trace.unacceptable(), Relaxed);
+    if trace.destination_ttl().is_some() {
+        c.reached.fetch_add(1, Relaxed);
+    } else if unacked_packets(&connection.socket).is_err() {
+        c.unreached_connection_closed.fetch_add(1, Relaxed);
+    } else if trace.counts().0 == 0 {
+        c.unreached_no_reply.fetch_add(1, Relaxed);
+    } else {
+        c.unreached_max_hops.fetch_add(1, Relaxed);
+    }
 
     let mut hops = trace.final_hops();
     share(inner, key.1.ip(), &mut hops);

@@ -27,7 +27,7 @@ td.host { max-width: 24rem; overflow: hidden; text-overflow: ellipsis; }
 tr.silent td { color: var(--mute); }
 tr.dest td { font-weight: 600; }
 .badge { display: inline-block; font-size: .75rem; padding: .05rem .4rem; border-radius: .6rem; margin-right: .25rem; border: 1px solid currentColor; }
-.badge.nat { color: var(--warn); } .badge.dest { color: var(--ok); }
+.badge.nat { color: var(--warn); } .badge.cached { color: var(--muted, #888); } .badge.dest { color: var(--ok); }
 footer { margin-top: 1.5rem; color: var(--mute); font-size: .85rem; }
 a { color: var(--accent); }
 </style>
@@ -76,6 +76,7 @@ a { color: var(--accent); }
     const notes = cell(tr, 8);
     notes.replaceChildren();
     function badge(text, cls, title) { const b = document.createElement("span"); b.className = "badge " + cls; b.textContent = text; b.title = title; notes.appendChild(b); }
+    if (h.cached) badge("cached", "cached", "no reply to this trace's probe: the router other visitors' traces saw here");
     if (h.nat) badge("NAT", "nat", "answered with your address before reaching you: a NAT in front of you");
     if (h.destination) badge("you", "dest", "this hop reached your connection");
     tr.className = (h.addr ? "" : "silent") + (h.destination ? " dest" : "");

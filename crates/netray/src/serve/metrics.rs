@@ -97,8 +97,40 @@ impl Collector for TracerStatsCollector {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
-        Ok(())
+        encode_outcomes(&self.0.outcome_stats(), &mut encoder)
     }
+}
+
+/// How traces ended (`netray_traces_ended_total{outcome}`) and the peer
+/// segments ignored as not the peer's.
+fn encode_outcomes(
+    s: &crate::inband::TraceOutcomeStats,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "traces_ended",
+        "Traces by outcome: reached, or why the destination was not (no_reply, max_hops, connection_closed)",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (outcome, value) in [
+        ("reached", s.reached),
+        ("no_reply", s.unreached_no_reply),
+        ("max_hops", s.unreached_max_hops),
+        ("connection_closed", s.unreached_connection_closed),
+    ] {
+        let labels = [("outcome", outcome)];
+        let metric = family.encode_family(&labels)?;
+        ConstCounter::new(value).encode(metric)?;
+    }
+    let counter = ConstCounter::new(s.peer_segments_unacceptable);
+    let metric = encoder.encode_descriptor(
+        "peer_segments_unacceptable",
+        "Peer RSTs and duplicate ACKs ignored: not at the sequence number the peer's TCP would use (blind or forged)",
+        None,
+        counter.metric_type(),
+    )?;
+    counter.encode(metric)
 }
 
 impl Metrics {

@@ -120,6 +120,10 @@ pub(crate) fn text_row(hop: &Hop) -> String {
         let avg = rtts.iter().sum::<f64>() / rtts.len() as f64;
         let _ = write!(line, " {best:>8.2} {avg:>8.2} {worst:>8.2}");
     }
+    if hop.cached {
+        // Not this trace's reply: learned from other visitors' traces.
+        line.push_str("  cached");
+    }
     if hop.nat {
         line.push_str("  NAT");
     }
