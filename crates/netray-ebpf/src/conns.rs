@@ -18,6 +18,8 @@
 //! `CONNS_CONFIG` before attaching.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 #[path = "conns/resolve.rs"]
 mod resolve;
@@ -66,12 +68,31 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
+/// `*dst += n` as one atomic instruction (BPF_XADD: the result is unused;
+/// the BPF target has no `AtomicU64::fetch_add`).
+///
+/// # Safety
+/// `dst` valid and 8-aligned.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, n: u64) {
+    // SAFETY: per the contract.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, n,
+        )
+    };
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(slot) = CONNS_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU map value, valid for the program's run; no other
-        // program touches this CPU's slot concurrently.
-        unsafe { *slot += 1 };
+        // An atomic add (BPF_XADD): another of these programs can interrupt
+        // this one on the same CPU (a state change in softirq during the
+        // accept program, or during this program where the kernel runs
+        // nested BPF_TRACE_RAW_TP programs: no per-program recursion check
+        // before 5.12), and a plain read-modify-write would lose its count.
+        // SAFETY: per-CPU map value, 8-aligned, valid for the program's run.
+        unsafe { atomic_add(slot, 1) };
     }
 }
 
@@ -541,6 +562,48 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     state.flags |= FLAG_PID_KNOWN;
     emit(EVENT_ACCEPT, sk, state);
     Ok(())
+}
+
+/// Run-time probe of what this kernel does with a classic tracepoint
+/// program that would run while another BPF program runs on the same CPU
+/// (the method of the kernel's own selftest `missed_tp_recursion`):
+/// `conns_probe_outer` (`task:task_rename`), for the probing thread only,
+/// calls `bpf_trace_printk`, whose tracepoint `bpf_trace:bpf_trace_printk`
+/// has `conns_probe_inner` attached. Slots: 0 the thread id to act for
+/// (written by userspace), 1 outer runs, 2 inner runs for that thread.
+#[map]
+static CONNS_PROBE: Array<u64> = Array::with_max_entries(3, 0);
+
+#[inline(always)]
+fn probe_thread() -> bool {
+    let tid = u64::from(bpf_get_current_pid_tgid() as u32);
+    CONNS_PROBE.get(0).is_some_and(|want| *want == tid)
+}
+
+#[inline(always)]
+fn probe_count(index: u32) {
+    if let Some(slot) = CONNS_PROBE.get_ptr_mut(index) {
+        // SAFETY: map value, 8-aligned, valid for the program's run.
+        unsafe { atomic_add(slot, 1) };
+    }
+}
+
+#[tracepoint(category = "task", name = "task_rename")]
+pub fn conns_probe_outer(_ctx: TracePointContext) -> u32 {
+    if probe_thread() {
+        probe_count(1);
+        // SAFETY: constant format string without arguments.
+        unsafe { aya_ebpf::helpers::bpf_printk!(c"netray conns: probing nested BPF runs",) };
+    }
+    0
+}
+
+#[tracepoint(category = "bpf_trace", name = "bpf_trace_printk")]
+pub fn conns_probe_inner(_ctx: TracePointContext) -> u32 {
+    if probe_thread() {
+        probe_count(2);
+    }
+    0
 }
 
 #[cfg(not(test))]

@@ -21,6 +21,11 @@ use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `netray conns` may take to load and attach everything: under
+/// TCG (the CI's QEMU guests) with another test running, loading the
+/// object and attaching the uprobes has taken more than 30 s.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Client and server in one script: exact byte counts both ways; the
 /// client connects only when told "go" on stdin (so its pid is known
 /// first), the server prints its port.
@@ -255,7 +260,7 @@ impl Netray {
             lines,
             stderr,
         };
-        if ready_rx.recv_timeout(TIMEOUT).is_err() {
+        if ready_rx.recv_timeout(START_TIMEOUT).is_err() {
             let _ = netray.child.kill();
             let _ = netray.child.wait();
             bail!(

@@ -38,8 +38,118 @@ pub struct KernelStats {
     /// Times the kernel skipped one of the programs because a BPF program
     /// was already running on that CPU (`recursion_misses`: a state change
     /// in softirq interrupting a program in process context): events that
-    /// were never produced.
-    pub kernel_skipped: u64,
+    /// were never produced. `None` when this kernel has no such counter
+    /// (before 5.12); the hooks are then chosen so that nothing is skipped
+    /// (see [`NestedRuns`]).
+    pub kernel_skipped: Option<u64>,
+}
+
+/// What the running kernel does with a run of one of netray's programs
+/// that would start while a BPF program already runs on the same CPU (a
+/// TCP state change in softirq interrupting a program in process context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedRuns {
+    /// The nested run happens: nothing is skipped.
+    Run,
+    /// Skipped and counted in the program's `recursion_misses`.
+    Counted,
+    /// Skipped and counted nowhere: a loss would be silent.
+    Uncounted,
+}
+
+impl NestedRuns {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Run => "nested runs are not skipped",
+            Self::Counted => "skipped runs are counted",
+            Self::Uncounted => "skipped runs are NOT counted by this kernel",
+        }
+    }
+}
+
+/// What a BTF tracepoint (`BPF_TRACE_RAW_TP`) program does when nested,
+/// read from the kernel's own types: raw tracepoint programs skip a run
+/// that would nest in a run of the same program on that CPU since
+/// 05b24ff9b2cf ("bpf: Prevent bpf program recursion for raw tracepoint
+/// probes", 6.1, also in 5.15.80 and 6.0.10), using the per-program
+/// `bpf_prog.active` counter of ca06f55b9002 ("bpf: Add per-program
+/// recursion prevention mechanism", 5.12), and count the skip in
+/// `recursion_misses` (9ed9e9ba2337, 5.12). A kernel whose `struct
+/// bpf_prog` has no `active` member has no per-program recursion check at
+/// all: nested runs of raw tracepoint programs simply run (5.10).
+fn raw_tracepoint_nesting(btf: &Btf, misses_readable: bool) -> NestedRuns {
+    match (btf.member("bpf_prog", "active").is_ok(), misses_readable) {
+        (false, _) => NestedRuns::Run,
+        (true, true) => NestedRuns::Counted,
+        // A vendor backport of the check without the counter.
+        (true, false) => NestedRuns::Uncounted,
+    }
+}
+
+/// Measures what the kernel does with a classic tracepoint program that
+/// would run inside another BPF program (the kernel skips it whenever
+/// `bpf_prog_active` is raised on that CPU, by any kprobe, tracepoint or
+/// perf_event program; since dd8657894c11, "bpf: Count missed stats in
+/// trace_call_bpf", 6.7, the skip is counted in `recursion_misses`, before
+/// that nowhere). Rather than trusting a version number this triggers one
+/// nested run: `conns_probe_outer` (task:task_rename) calls
+/// `bpf_trace_printk` for this thread only, inside which
+/// `conns_probe_inner` (bpf_trace:bpf_trace_printk) would run. Side effect:
+/// one line "netray conns: probing nested BPF runs" in the ftrace buffer
+/// (and loading a program that uses bpf_trace_printk enables that event).
+fn probe_tracepoint_nesting(ebpf: &mut Ebpf) -> anyhow::Result<NestedRuns> {
+    for (name, category, event) in [
+        ("conns_probe_inner", "bpf_trace", "bpf_trace_printk"),
+        ("conns_probe_outer", "task", "task_rename"),
+    ] {
+        tracepoint(ebpf, name, category, event)?;
+    }
+    let result = (|| -> anyhow::Result<NestedRuns> {
+        let mut probe: Array<_, u64> = Array::try_from(
+            ebpf.map_mut("CONNS_PROBE")
+                .context("map CONNS_PROBE missing from the netray-conns object")?,
+        )?;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u64;
+        probe.set(0, tid, 0)?;
+        // Renames this thread to its own name: task_rename fires, nothing
+        // visible changes.
+        let mut name = [0u8; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes; PR_SET_NAME reads a
+        // NUL-terminated string of at most 16.
+        unsafe {
+            anyhow::ensure!(
+                libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) == 0
+                    && libc::prctl(libc::PR_SET_NAME, name.as_ptr()) == 0,
+                "prctl(PR_SET_NAME): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        probe.set(0, 0, 0)?;
+        let outer = probe.get(&1, 0)?;
+        let inner = probe.get(&2, 0)?;
+        anyhow::ensure!(outer > 0, "the probe's outer program did not run");
+        if inner > 0 {
+            return Ok(NestedRuns::Run);
+        }
+        let fd = ebpf
+            .program("conns_probe_inner")
+            .context("conns_probe_inner")?
+            .fd()?;
+        Ok(match recursion_misses(fd.as_fd())? {
+            Some(n) if n > 0 => NestedRuns::Counted,
+            _ => NestedRuns::Uncounted,
+        })
+    })();
+    for name in ["conns_probe_outer", "conns_probe_inner"] {
+        if let Some(prog) = ebpf.program_mut(name) {
+            let prog: Result<&mut TracePoint, _> = prog.try_into();
+            if let Ok(prog) = prog {
+                let _ = prog.unload();
+            }
+        }
+    }
+    result
 }
 
 /// The attached tracer.
@@ -53,6 +163,8 @@ pub struct Tracer {
     pub resolve: Option<ResolveProbe>,
     /// Human-readable list of what is attached.
     pub hooks: Vec<String>,
+    /// What the kernel does with nested runs of the lifecycle program.
+    pub lifecycle_nesting: NestedRuns,
     /// Degradations to tell the user about once.
     pub warnings: Vec<String>,
 }
@@ -91,8 +203,13 @@ pub enum LifecycleHook {
 
 impl LifecycleHook {
     /// Environment variable that forces one hook (`tracepoint` or
-    /// `tp_btf`), for tests and troubleshooting; by default netray tries
-    /// them in that order and keeps the first that loads and attaches.
+    /// `tp_btf`), for tests and troubleshooting. By default netray prefers
+    /// the BTF tracepoint: the kernel skips it only when it would nest in
+    /// itself, while a classic tracepoint program is skipped whenever any
+    /// kprobe/tracepoint/perf program (netray's accept or getaddrinfo
+    /// programs, another tool's) runs on that CPU, and on kernels before
+    /// 6.7 without counting the skip. Among the hooks that load, one whose
+    /// skipped runs would go uncounted is taken only when no other works.
     pub const ENV: &'static str = "NETRAY_CONNS_LIFECYCLE_HOOK";
 
     fn name(self) -> &'static str {
@@ -105,7 +222,7 @@ impl LifecycleHook {
     /// The candidates, in order of preference, or the forced one.
     fn candidates() -> anyhow::Result<Vec<Self>> {
         match std::env::var(Self::ENV).ok().as_deref() {
-            None | Some("") => Ok(vec![Self::TracePoint, Self::BtfTracePoint]),
+            None | Some("") => Ok(vec![Self::BtfTracePoint, Self::TracePoint]),
             Some("tracepoint") => Ok(vec![Self::TracePoint]),
             Some("tp_btf") => Ok(vec![Self::BtfTracePoint]),
             Some(other) => anyhow::bail!(
@@ -166,6 +283,7 @@ impl Tracer {
         };
         let mut warnings = Vec::new();
         let mut config = ConnsConfig::default();
+        let mut raw_tp_nesting = NestedRuns::Uncounted;
         let tracepoint_offsets = tracefs_path.clone().and_then(|path| {
             offsets::tracepoint_offsets(&path, &mut config)
                 .map_err(|e| format!("reading the tracepoint format: {e:#}"))
@@ -186,6 +304,10 @@ impl Tracer {
                 if let Err(e) = offsets::sock_tuple_offsets(&btf, &mut config) {
                     tracing::info!("no tp_btf lifecycle hook: {e:#}");
                 }
+                raw_tp_nesting = raw_tracepoint_nesting(
+                    &btf,
+                    btf.member("bpf_prog_info", "recursion_misses").is_ok(),
+                );
             }
             Err(e) => warnings.push(format!(
                 "kernel BTF unavailable ({e:#}): no counters at close and no process for \
@@ -201,12 +323,43 @@ impl Tracer {
         )?;
         cfg.set(0, config, 0).context("writing CONNS_CONFIG")?;
 
+        let tracepoint_nesting = match &tracefs_path {
+            Ok(_) => probe_tracepoint_nesting(&mut ebpf).unwrap_or_else(|e| {
+                tracing::info!("nesting probe failed, assuming skips are not counted: {e:#}");
+                NestedRuns::Uncounted
+            }),
+            Err(_) => NestedRuns::Uncounted,
+        };
+        let nesting = |hook: LifecycleHook| match hook {
+            LifecycleHook::TracePoint => tracepoint_nesting,
+            LifecycleHook::BtfTracePoint => raw_tp_nesting,
+        };
+        let mut candidates = candidates;
+        // Stable: the preference order holds among equally accounted hooks.
+        candidates.sort_by_key(|hook| nesting(*hook) == NestedRuns::Uncounted);
+
         let mut hooks = Vec::new();
         let mut failures = Vec::new();
+        let mut lifecycle_nesting = NestedRuns::Uncounted;
         for hook in candidates {
             match attach_lifecycle(&mut ebpf, hook, &tracepoint_offsets, &config) {
                 Ok(()) => {
-                    hooks.push(hook.name().to_string());
+                    lifecycle_nesting = nesting(hook);
+                    hooks.push(format!("{} [{}]", hook.name(), nesting(hook).describe()));
+                    if nesting(hook) == NestedRuns::Uncounted {
+                        warnings.push(format!(
+                            "{}: this kernel skips a run of it that would start while another \
+                             BPF program runs on that CPU without counting it; state changes \
+                             missed that way cannot be reported (no hook that counts them \
+                             loads here: {})",
+                            hook.name(),
+                            if failures.is_empty() {
+                                "none other".to_string()
+                            } else {
+                                failures.join("; ")
+                            }
+                        ));
+                    }
                     break;
                 }
                 Err(e) => failures.push(format!("{}: {e:#}", hook.name())),
@@ -230,11 +383,28 @@ impl Tracer {
         } else {
             Err(anyhow::anyhow!("offsets unknown"))
         };
+        // These classic tracepoints are skipped only while bpf_prog_active
+        // is raised on the CPU, and they run at syscall exit in process
+        // context, below every BPF program that could run on that CPU: a
+        // program running there (kprobe, tracepoint, uprobe) has no way to
+        // return from a syscall, and the bpf() syscall's own
+        // bpf_disable_instrumentation() sections end before it returns.
+        // (A task preempted inside such a section, possible since 5.11 with
+        // preempt=full, leaves the counter raised for whatever runs next on
+        // that CPU; the probe above says whether the kernel counts that.)
+        let accept_note = match tracepoint_nesting {
+            NestedRuns::Uncounted => "never nested: run at syscall exit",
+            other => other.describe(),
+        };
         match accept {
             Ok(()) => {
-                hooks.push("tracepoint syscalls:sys_exit_accept4".to_string());
+                hooks.push(format!(
+                    "tracepoint syscalls:sys_exit_accept4 [{accept_note}]"
+                ));
                 match tracepoint(&mut ebpf, "conns_accept", "syscalls", "sys_exit_accept") {
-                    Ok(()) => hooks.push("tracepoint syscalls:sys_exit_accept".to_string()),
+                    Ok(()) => hooks.push(format!(
+                        "tracepoint syscalls:sys_exit_accept [{accept_note}]"
+                    )),
                     // Architectures without accept(2) (accept4 only) have no
                     // such event.
                     Err(e) => tracing::info!("sys_exit_accept: {e:#}"),
@@ -276,6 +446,7 @@ impl Tracer {
             stats,
             resolve,
             hooks,
+            lifecycle_nesting,
             warnings,
         })
     }
@@ -288,7 +459,7 @@ impl Tracer {
                 .map(|values| values.iter().copied().fold(0u64, u64::wrapping_add))
                 .unwrap_or(0)
         };
-        let kernel_skipped = [
+        let misses: Vec<Option<u64>> = [
             "conns_state",
             "conns_state_btf",
             "conns_accept4",
@@ -296,10 +467,12 @@ impl Tracer {
         ]
         .iter()
         .filter_map(|name| {
+            // Only the loaded (attached) ones have a fd.
             let fd = self.ebpf.program(name)?.fd().ok()?;
             recursion_misses(fd.as_fd()).ok()
         })
-        .sum();
+        .collect();
+        let kernel_skipped = misses.iter().copied().sum::<Option<u64>>();
         KernelStats {
             events: get(STAT_EVENTS),
             ringbuf_full: get(STAT_RINGBUF_FULL),
@@ -312,8 +485,9 @@ impl Tracer {
 
 /// `recursion_misses` of a loaded program (`BPF_OBJ_GET_INFO_BY_FD`; the
 /// field is at byte 208 of the stable, append-only `struct bpf_prog_info`,
-/// since Linux 5.12; older kernels fill less and it reads 0).
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+/// since Linux 5.12). `None` when the kernel's `bpf_prog_info` ends before
+/// it (it writes back how many bytes it filled).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<u64>> {
     use std::os::fd::AsRawFd as _;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     const RECURSION_MISSES: usize = 208 / 8;
@@ -342,5 +516,8 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(info[RECURSION_MISSES])
+    if (attr.info_len as usize) < (RECURSION_MISSES + 1) * 8 {
+        return Ok(None);
+    }
+    Ok(Some(info[RECURSION_MISSES]))
 }
