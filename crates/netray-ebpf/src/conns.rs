@@ -8,7 +8,9 @@
 //!   never saw (older than netray) are reported at close with no process.
 //!   `conns_state_btf` is the same as a BTF tracepoint, used where the
 //!   classic tracepoint cannot be (the tuple is then read from the socket).
-//! - `conns_accept` / `conns_accept4` (`syscalls:sys_exit_accept{,4}`, process
+//! - `conns_accept_fexit4` / `conns_accept_fexit2` (`fexit/inet_csk_accept`,
+//!   where fentry works): the accepted socket in the accepting process.
+//! - else `conns_accept` / `conns_accept4` (`syscalls:sys_exit_accept{,4}`, process
 //!   context): resolve the returned fd to its `struct sock` and, when it is a
 //!   tracked passively opened connection, attach the accepting process and
 //!   report `accept`.
@@ -31,9 +33,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf,
         generated::{bpf_get_current_task, bpf_ktime_get_ns},
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, fexit, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, FExitContext, TracePointContext},
 };
 use netray_common::conns::{
     CONFIG_ACCEPT, CONFIG_COUNTERS, CONFIG_SOCK_TUPLE, ConnEvent, ConnState, ConnsConfig,
@@ -547,6 +549,38 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         bump(STAT_ACCEPT_UNRESOLVED);
         return Ok(());
     }
+    accepted(sk)
+}
+
+/// `fexit/inet_csk_accept` where fentry works (preferred over the syscall
+/// tracepoints: every accept path, also io_uring's and in-kernel ones, the
+/// socket without the fd table walk, and a trampoline program's skipped
+/// runs are counted since 5.12). Two variants, because the signature
+/// changed in 6.10 (`(sk, flags, err, kern)` → `(sk, arg)`) and the return
+/// value follows the arguments: userspace loads the 4-argument one first,
+/// which the verifier rejects on a 2-argument kernel (no 5th slot).
+#[fexit(function = "inet_csk_accept")]
+pub fn conns_accept_fexit4(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(4);
+    if sk != 0 {
+        let _ = accepted(sk);
+    }
+    0
+}
+
+/// See [`conns_accept_fexit4`]: `inet_csk_accept(sk, arg)` (6.10+).
+#[fexit(function = "inet_csk_accept")]
+pub fn conns_accept_fexit2(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(2);
+    if sk != 0 {
+        let _ = accepted(sk);
+    }
+    0
+}
+
+/// In the accepting process: attach it to the tracked connection `sk`.
+#[inline(always)]
+fn accepted(sk: u64) -> Result<(), i32> {
     let Some(state) = CONNS_SOCKS.get_ptr_mut(sk) else {
         return Ok(());
     };
@@ -562,48 +596,6 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     state.flags |= FLAG_PID_KNOWN;
     emit(EVENT_ACCEPT, sk, state);
     Ok(())
-}
-
-/// Run-time probe of what this kernel does with a classic tracepoint
-/// program that would run while another BPF program runs on the same CPU
-/// (the method of the kernel's own selftest `missed_tp_recursion`):
-/// `conns_probe_outer` (`task:task_rename`), for the probing thread only,
-/// calls `bpf_trace_printk`, whose tracepoint `bpf_trace:bpf_trace_printk`
-/// has `conns_probe_inner` attached. Slots: 0 the thread id to act for
-/// (written by userspace), 1 outer runs, 2 inner runs for that thread.
-#[map]
-static CONNS_PROBE: Array<u64> = Array::with_max_entries(3, 0);
-
-#[inline(always)]
-fn probe_thread() -> bool {
-    let tid = u64::from(bpf_get_current_pid_tgid() as u32);
-    CONNS_PROBE.get(0).is_some_and(|want| *want == tid)
-}
-
-#[inline(always)]
-fn probe_count(index: u32) {
-    if let Some(slot) = CONNS_PROBE.get_ptr_mut(index) {
-        // SAFETY: map value, 8-aligned, valid for the program's run.
-        unsafe { atomic_add(slot, 1) };
-    }
-}
-
-#[tracepoint(category = "task", name = "task_rename")]
-pub fn conns_probe_outer(_ctx: TracePointContext) -> u32 {
-    if probe_thread() {
-        probe_count(1);
-        // SAFETY: constant format string without arguments.
-        unsafe { aya_ebpf::helpers::bpf_printk!(c"netray conns: probing nested BPF runs",) };
-    }
-    0
-}
-
-#[tracepoint(category = "bpf_trace", name = "bpf_trace_printk")]
-pub fn conns_probe_inner(_ctx: TracePointContext) -> u32 {
-    if probe_thread() {
-        probe_count(2);
-    }
-    0
 }
 
 #[cfg(not(test))]

@@ -1,13 +1,14 @@
 //! Loading the `netray-conns` object, configuring it and attaching its
 //! programs.
 //!
-//! Hooks (stable ABIs, working without kprobes or fentry): the
-//! `sock:inet_sock_set_state` tracepoint for the lifecycle and the counters
-//! (or, where it cannot be used, the same event as a BTF tracepoint), the
-//! `syscalls:sys_exit_accept{,4}` tracepoints for accept attribution, and the
-//! getaddrinfo uprobes (see [`super::resolve`]). Member offsets come from the
-//! kernel's BTF; without BTF the tracer still reports connections, without
-//! byte counters and accept attribution, and says so.
+//! Hooks, chosen at run time so that a run the kernel skips is counted (or
+//! cannot happen) on the running kernel: the TCP lifecycle from the
+//! `inet_sock_set_state` BTF tracepoint (else the classic tracepoint),
+//! accept attribution from `fexit/inet_csk_accept` where fentry works (else
+//! the `syscalls:sys_exit_accept{,4}` tracepoints), and the getaddrinfo
+//! uprobes (see [`super::resolve`]). Member offsets come from the kernel's
+//! BTF; without BTF the tracer still reports connections, without byte
+//! counters and accept attribution, and says so.
 
 use std::{os::fd::AsFd as _, path::PathBuf};
 
@@ -15,7 +16,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, TracePoint},
 };
 use netray_common::conns::{
     CONFIG_ACCEPT, CONFIG_SOCK_TUPLE, ConnsConfig, STAT_ACCEPT_UNRESOLVED, STAT_EVENTS,
@@ -86,70 +87,32 @@ fn raw_tracepoint_nesting(btf: &Btf, misses_readable: bool) -> NestedRuns {
     }
 }
 
-/// Measures what the kernel does with a classic tracepoint program that
-/// would run inside another BPF program (the kernel skips it whenever
-/// `bpf_prog_active` is raised on that CPU, by any kprobe, tracepoint or
-/// perf_event program; since dd8657894c11, "bpf: Count missed stats in
-/// trace_call_bpf", 6.7, the skip is counted in `recursion_misses`, before
-/// that nowhere). Rather than trusting a version number this triggers one
-/// nested run: `conns_probe_outer` (task:task_rename) calls
-/// `bpf_trace_printk` for this thread only, inside which
-/// `conns_probe_inner` (bpf_trace:bpf_trace_printk) would run. Side effect:
-/// one line "netray conns: probing nested BPF runs" in the ftrace buffer
-/// (and loading a program that uses bpf_trace_printk enables that event).
-fn probe_tracepoint_nesting(ebpf: &mut Ebpf) -> anyhow::Result<NestedRuns> {
-    for (name, category, event) in [
-        ("conns_probe_inner", "bpf_trace", "bpf_trace_printk"),
-        ("conns_probe_outer", "task", "task_rename"),
-    ] {
-        tracepoint(ebpf, name, category, event)?;
+/// What the kernel does with a classic tracepoint program that would run
+/// while a kprobe, classic tracepoint or perf_event program runs on the
+/// same CPU (a TCP state change in softirq interrupting such a program in
+/// process context): `trace_call_bpf` skips it (`bpf_prog_active`), and
+/// counts the skip in `recursion_misses` only since dd8657894c11 ("bpf:
+/// Count missed stats in trace_call_bpf", Linux 6.7); before that nowhere.
+///
+/// A version boundary, because the behaviour cannot be provoked
+/// deterministically from userspace on every kernel: a nested run in the
+/// same context (a program triggering a tracepoint itself) is dropped by
+/// perf's per-context recursion guard before BPF sees it, uprobe programs
+/// do not raise `bpf_prog_active` on recent kernels (a uprobe → printk
+/// nesting ran the inner program on 6.18), and the host has no kprobes to
+/// build the kernel selftest's kprobe → bpf_trace_printk nesting.
+fn tracepoint_nesting() -> NestedRuns {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version >= (6, 7) {
+        NestedRuns::Counted
+    } else {
+        NestedRuns::Uncounted
     }
-    let result = (|| -> anyhow::Result<NestedRuns> {
-        let mut probe: Array<_, u64> = Array::try_from(
-            ebpf.map_mut("CONNS_PROBE")
-                .context("map CONNS_PROBE missing from the netray-conns object")?,
-        )?;
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() } as u64;
-        probe.set(0, tid, 0)?;
-        // Renames this thread to its own name: task_rename fires, nothing
-        // visible changes.
-        let mut name = [0u8; 16];
-        // SAFETY: PR_GET_NAME writes at most 16 bytes; PR_SET_NAME reads a
-        // NUL-terminated string of at most 16.
-        unsafe {
-            anyhow::ensure!(
-                libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) == 0
-                    && libc::prctl(libc::PR_SET_NAME, name.as_ptr()) == 0,
-                "prctl(PR_SET_NAME): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        probe.set(0, 0, 0)?;
-        let outer = probe.get(&1, 0)?;
-        let inner = probe.get(&2, 0)?;
-        anyhow::ensure!(outer > 0, "the probe's outer program did not run");
-        if inner > 0 {
-            return Ok(NestedRuns::Run);
-        }
-        let fd = ebpf
-            .program("conns_probe_inner")
-            .context("conns_probe_inner")?
-            .fd()?;
-        Ok(match recursion_misses(fd.as_fd())? {
-            Some(n) if n > 0 => NestedRuns::Counted,
-            _ => NestedRuns::Uncounted,
-        })
-    })();
-    for name in ["conns_probe_outer", "conns_probe_inner"] {
-        if let Some(prog) = ebpf.program_mut(name) {
-            let prog: Result<&mut TracePoint, _> = prog.try_into();
-            if let Ok(prog) = prog {
-                let _ = prog.unload();
-            }
-        }
-    }
-    result
 }
 
 /// The attached tracer.
@@ -265,6 +228,34 @@ fn attach_lifecycle(
     }
 }
 
+/// Accept attribution by `fexit/inet_csk_accept` (see the eBPF side for
+/// why two variants): the first that loads and attaches. Its nesting
+/// behaviour is the raw tracepoints' (a trampoline program: per-program
+/// recursion check and `recursion_misses` since ca06f55b9002 /
+/// 9ed9e9ba2337, 5.12; before that nested runs run).
+fn attach_accept_fexit(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
+    let btf = aya::Btf::from_sys_fs().context("kernel BTF")?;
+    let mut failures = Vec::new();
+    for name in ["conns_accept_fexit4", "conns_accept_fexit2"] {
+        let prog: &mut FExit = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the netray-conns object"))?
+            .try_into()?;
+        match prog
+            .load("inet_csk_accept", &btf)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| prog.attach().map(drop).map_err(anyhow::Error::from))
+        {
+            Ok(()) => return Ok("fexit inet_csk_accept"),
+            Err(e) => {
+                failures.push(format!("{name}: {e:#}"));
+                let _ = prog.unload();
+            }
+        }
+    }
+    anyhow::bail!("{}", failures.join("; "))
+}
+
 impl Tracer {
     /// Loads, configures and attaches everything. `hostnames`: also attach
     /// the getaddrinfo uprobes (a failure there is a warning).
@@ -323,13 +314,7 @@ impl Tracer {
         )?;
         cfg.set(0, config, 0).context("writing CONNS_CONFIG")?;
 
-        let tracepoint_nesting = match &tracefs_path {
-            Ok(_) => probe_tracepoint_nesting(&mut ebpf).unwrap_or_else(|e| {
-                tracing::info!("nesting probe failed, assuming skips are not counted: {e:#}");
-                NestedRuns::Uncounted
-            }),
-            Err(_) => NestedRuns::Uncounted,
-        };
+        let tracepoint_nesting = tracepoint_nesting();
         let nesting = |hook: LifecycleHook| match hook {
             LifecycleHook::TracePoint => tracepoint_nesting,
             LifecycleHook::BtfTracePoint => raw_tp_nesting,
@@ -378,10 +363,19 @@ impl Tracer {
         // without CONFIG_FTRACE_SYSCALLS have none): without them netray
         // still reports every connection, accepted ones at close with no
         // process.
-        let accept = if config.flags & CONFIG_ACCEPT != 0 {
-            tracepoint(&mut ebpf, "conns_accept4", "syscalls", "sys_exit_accept4")
+        let accept_fexit = attach_accept_fexit(&mut ebpf);
+        if let Ok(name) = &accept_fexit {
+            hooks.push(format!("{name} [{}]", raw_tp_nesting.describe()));
+        }
+        let accept = if let Err(fexit_error) = &accept_fexit {
+            tracing::info!("accept hook fexit/inet_csk_accept not used: {fexit_error:#}");
+            if config.flags & CONFIG_ACCEPT != 0 {
+                tracepoint(&mut ebpf, "conns_accept4", "syscalls", "sys_exit_accept4")
+            } else {
+                Err(anyhow::anyhow!("offsets unknown"))
+            }
         } else {
-            Err(anyhow::anyhow!("offsets unknown"))
+            Ok(())
         };
         // These classic tracepoints are skipped only while bpf_prog_active
         // is raised on the CPU, and they run at syscall exit in process
@@ -391,12 +385,13 @@ impl Tracer {
         // bpf_disable_instrumentation() sections end before it returns.
         // (A task preempted inside such a section, possible since 5.11 with
         // preempt=full, leaves the counter raised for whatever runs next on
-        // that CPU; the probe above says whether the kernel counts that.)
+        // that CPU; 6.7 and later count what is skipped then.)
         let accept_note = match tracepoint_nesting {
             NestedRuns::Uncounted => "never nested: run at syscall exit",
             other => other.describe(),
         };
         match accept {
+            Ok(()) if accept_fexit.is_ok() => {}
             Ok(()) => {
                 hooks.push(format!(
                     "tracepoint syscalls:sys_exit_accept4 [{accept_note}]"
@@ -464,6 +459,8 @@ impl Tracer {
             "conns_state_btf",
             "conns_accept4",
             "conns_accept",
+            "conns_accept_fexit4",
+            "conns_accept_fexit2",
         ]
         .iter()
         .filter_map(|name| {

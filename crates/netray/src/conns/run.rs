@@ -318,11 +318,7 @@ pub async fn run(config: ConnsConfig, shutdown: impl Future<Output = ()>) -> any
     eprintln!(
         "netray conns: {} events read, {} printed; lost: {} (ring buffer full), {} (socket \
          table full), {} hostname results; {skipped}",
-        state.read,
-        state.printed,
-        kernel.ringbuf_full,
-        kernel.table_full,
-        hostname_lost,
+        state.read, state.printed, kernel.ringbuf_full, kernel.table_full, hostname_lost,
     );
     Ok(())
 }
