@@ -8,7 +8,9 @@
 //!   never saw (older than netray) are reported at close with no process.
 //!   `conns_state_btf` is the same as a BTF tracepoint, used where the
 //!   classic tracepoint cannot be (the tuple is then read from the socket).
-//! - `conns_accept` / `conns_accept4` (`syscalls:sys_exit_accept{,4}`, process
+//! - `conns_accept_fexit4` / `conns_accept_fexit2` (`fexit/inet_csk_accept`,
+//!   where fentry works): the accepted socket in the accepting process.
+//! - else `conns_accept` / `conns_accept4` (`syscalls:sys_exit_accept{,4}`, process
 //!   context): resolve the returned fd to its `struct sock` and, when it is a
 //!   tracked passively opened connection, attach the accepting process and
 //!   report `accept`.
@@ -18,6 +20,8 @@
 //! `CONNS_CONFIG` before attaching.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 #[path = "conns/resolve.rs"]
 mod resolve;
@@ -29,9 +33,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel_buf,
         generated::{bpf_get_current_task, bpf_ktime_get_ns},
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, fexit, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, FExitContext, TracePointContext},
 };
 use netray_common::conns::{
     CONFIG_ACCEPT, CONFIG_COUNTERS, CONFIG_SOCK_TUPLE, ConnEvent, ConnState, ConnsConfig,
@@ -66,12 +70,31 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
+/// `*dst += n` as one atomic instruction (BPF_XADD: the result is unused;
+/// the BPF target has no `AtomicU64::fetch_add`).
+///
+/// # Safety
+/// `dst` valid and 8-aligned.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, n: u64) {
+    // SAFETY: per the contract.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, n,
+        )
+    };
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(slot) = CONNS_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU map value, valid for the program's run; no other
-        // program touches this CPU's slot concurrently.
-        unsafe { *slot += 1 };
+        // An atomic add (BPF_XADD): another of these programs can interrupt
+        // this one on the same CPU (a state change in softirq during the
+        // accept program, or during this program where the kernel runs
+        // nested BPF_TRACE_RAW_TP programs: no per-program recursion check
+        // before 5.12), and a plain read-modify-write would lose its count.
+        // SAFETY: per-CPU map value, 8-aligned, valid for the program's run.
+        unsafe { atomic_add(slot, 1) };
     }
 }
 
@@ -526,6 +549,38 @@ fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         bump(STAT_ACCEPT_UNRESOLVED);
         return Ok(());
     }
+    accepted(sk)
+}
+
+/// `fexit/inet_csk_accept` where fentry works (preferred over the syscall
+/// tracepoints: every accept path, also io_uring's and in-kernel ones, the
+/// socket without the fd table walk, and a trampoline program's skipped
+/// runs are counted since 5.12). Two variants, because the signature
+/// changed in 6.10 (`(sk, flags, err, kern)` → `(sk, arg)`) and the return
+/// value follows the arguments: userspace loads the 4-argument one first,
+/// which the verifier rejects on a 2-argument kernel (no 5th slot).
+#[fexit(function = "inet_csk_accept")]
+pub fn conns_accept_fexit4(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(4);
+    if sk != 0 {
+        let _ = accepted(sk);
+    }
+    0
+}
+
+/// See [`conns_accept_fexit4`]: `inet_csk_accept(sk, arg)` (6.10+).
+#[fexit(function = "inet_csk_accept")]
+pub fn conns_accept_fexit2(ctx: FExitContext) -> i32 {
+    let sk: u64 = ctx.arg(2);
+    if sk != 0 {
+        let _ = accepted(sk);
+    }
+    0
+}
+
+/// In the accepting process: attach it to the tracked connection `sk`.
+#[inline(always)]
+fn accepted(sk: u64) -> Result<(), i32> {
     let Some(state) = CONNS_SOCKS.get_ptr_mut(sk) else {
         return Ok(());
     };

@@ -1,13 +1,14 @@
 //! Loading the `netray-conns` object, configuring it and attaching its
 //! programs.
 //!
-//! Hooks (stable ABIs, working without kprobes or fentry): the
-//! `sock:inet_sock_set_state` tracepoint for the lifecycle and the counters
-//! (or, where it cannot be used, the same event as a BTF tracepoint), the
-//! `syscalls:sys_exit_accept{,4}` tracepoints for accept attribution, and the
-//! getaddrinfo uprobes (see [`super::resolve`]). Member offsets come from the
-//! kernel's BTF; without BTF the tracer still reports connections, without
-//! byte counters and accept attribution, and says so.
+//! Hooks, chosen at run time so that a run the kernel skips is counted (or
+//! cannot happen) on the running kernel: the TCP lifecycle from the
+//! `inet_sock_set_state` BTF tracepoint (else the classic tracepoint),
+//! accept attribution from `fexit/inet_csk_accept` where fentry works (else
+//! the `syscalls:sys_exit_accept{,4}` tracepoints), and the getaddrinfo
+//! uprobes (see [`super::resolve`]). Member offsets come from the kernel's
+//! BTF; without BTF the tracer still reports connections, without byte
+//! counters and accept attribution, and says so.
 
 use std::{os::fd::AsFd as _, path::PathBuf};
 
@@ -15,7 +16,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, TracePoint},
 };
 use netray_common::conns::{
     CONFIG_ACCEPT, CONFIG_SOCK_TUPLE, ConnsConfig, STAT_ACCEPT_UNRESOLVED, STAT_EVENTS,
@@ -38,8 +39,80 @@ pub struct KernelStats {
     /// Times the kernel skipped one of the programs because a BPF program
     /// was already running on that CPU (`recursion_misses`: a state change
     /// in softirq interrupting a program in process context): events that
-    /// were never produced.
-    pub kernel_skipped: u64,
+    /// were never produced. `None` when this kernel has no such counter
+    /// (before 5.12); the hooks are then chosen so that nothing is skipped
+    /// (see [`NestedRuns`]).
+    pub kernel_skipped: Option<u64>,
+}
+
+/// What the running kernel does with a run of one of netray's programs
+/// that would start while a BPF program already runs on the same CPU (a
+/// TCP state change in softirq interrupting a program in process context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedRuns {
+    /// The nested run happens: nothing is skipped.
+    Run,
+    /// Skipped and counted in the program's `recursion_misses`.
+    Counted,
+    /// Skipped and counted nowhere: a loss would be silent.
+    Uncounted,
+}
+
+impl NestedRuns {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Run => "nested runs are not skipped",
+            Self::Counted => "skipped runs are counted",
+            Self::Uncounted => "skipped runs are NOT counted by this kernel",
+        }
+    }
+}
+
+/// What a BTF tracepoint (`BPF_TRACE_RAW_TP`) program does when nested,
+/// read from the kernel's own types: raw tracepoint programs skip a run
+/// that would nest in a run of the same program on that CPU since
+/// 05b24ff9b2cf ("bpf: Prevent bpf program recursion for raw tracepoint
+/// probes", 6.1, also in 5.15.80 and 6.0.10), using the per-program
+/// `bpf_prog.active` counter of ca06f55b9002 ("bpf: Add per-program
+/// recursion prevention mechanism", 5.12), and count the skip in
+/// `recursion_misses` (9ed9e9ba2337, 5.12). A kernel whose `struct
+/// bpf_prog` has no `active` member has no per-program recursion check at
+/// all: nested runs of raw tracepoint programs simply run (5.10).
+fn raw_tracepoint_nesting(btf: &Btf, misses_readable: bool) -> NestedRuns {
+    match (btf.member("bpf_prog", "active").is_ok(), misses_readable) {
+        (false, _) => NestedRuns::Run,
+        (true, true) => NestedRuns::Counted,
+        // A vendor backport of the check without the counter.
+        (true, false) => NestedRuns::Uncounted,
+    }
+}
+
+/// What the kernel does with a classic tracepoint program that would run
+/// while a kprobe, classic tracepoint or perf_event program runs on the
+/// same CPU (a TCP state change in softirq interrupting such a program in
+/// process context): `trace_call_bpf` skips it (`bpf_prog_active`), and
+/// counts the skip in `recursion_misses` only since dd8657894c11 ("bpf:
+/// Count missed stats in trace_call_bpf", Linux 6.7); before that nowhere.
+///
+/// A version boundary, because the behaviour cannot be provoked
+/// deterministically from userspace on every kernel: a nested run in the
+/// same context (a program triggering a tracepoint itself) is dropped by
+/// perf's per-context recursion guard before BPF sees it, uprobe programs
+/// do not raise `bpf_prog_active` on recent kernels (a uprobe → printk
+/// nesting ran the inner program on 6.18), and the host has no kprobes to
+/// build the kernel selftest's kprobe → bpf_trace_printk nesting.
+fn tracepoint_nesting() -> NestedRuns {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version >= (6, 7) {
+        NestedRuns::Counted
+    } else {
+        NestedRuns::Uncounted
+    }
 }
 
 /// The attached tracer.
@@ -53,6 +126,8 @@ pub struct Tracer {
     pub resolve: Option<ResolveProbe>,
     /// Human-readable list of what is attached.
     pub hooks: Vec<String>,
+    /// What the kernel does with nested runs of the lifecycle program.
+    pub lifecycle_nesting: NestedRuns,
     /// Degradations to tell the user about once.
     pub warnings: Vec<String>,
 }
@@ -91,8 +166,13 @@ pub enum LifecycleHook {
 
 impl LifecycleHook {
     /// Environment variable that forces one hook (`tracepoint` or
-    /// `tp_btf`), for tests and troubleshooting; by default netray tries
-    /// them in that order and keeps the first that loads and attaches.
+    /// `tp_btf`), for tests and troubleshooting. By default netray prefers
+    /// the BTF tracepoint: the kernel skips it only when it would nest in
+    /// itself, while a classic tracepoint program is skipped whenever any
+    /// kprobe/tracepoint/perf program (netray's accept or getaddrinfo
+    /// programs, another tool's) runs on that CPU, and on kernels before
+    /// 6.7 without counting the skip. Among the hooks that load, one whose
+    /// skipped runs would go uncounted is taken only when no other works.
     pub const ENV: &'static str = "NETRAY_CONNS_LIFECYCLE_HOOK";
 
     fn name(self) -> &'static str {
@@ -105,7 +185,7 @@ impl LifecycleHook {
     /// The candidates, in order of preference, or the forced one.
     fn candidates() -> anyhow::Result<Vec<Self>> {
         match std::env::var(Self::ENV).ok().as_deref() {
-            None | Some("") => Ok(vec![Self::TracePoint, Self::BtfTracePoint]),
+            None | Some("") => Ok(vec![Self::BtfTracePoint, Self::TracePoint]),
             Some("tracepoint") => Ok(vec![Self::TracePoint]),
             Some("tp_btf") => Ok(vec![Self::BtfTracePoint]),
             Some(other) => anyhow::bail!(
@@ -148,6 +228,34 @@ fn attach_lifecycle(
     }
 }
 
+/// Accept attribution by `fexit/inet_csk_accept` (see the eBPF side for
+/// why two variants): the first that loads and attaches. Its nesting
+/// behaviour is the raw tracepoints' (a trampoline program: per-program
+/// recursion check and `recursion_misses` since ca06f55b9002 /
+/// 9ed9e9ba2337, 5.12; before that nested runs run).
+fn attach_accept_fexit(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
+    let btf = aya::Btf::from_sys_fs().context("kernel BTF")?;
+    let mut failures = Vec::new();
+    for name in ["conns_accept_fexit4", "conns_accept_fexit2"] {
+        let prog: &mut FExit = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the netray-conns object"))?
+            .try_into()?;
+        match prog
+            .load("inet_csk_accept", &btf)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| prog.attach().map(drop).map_err(anyhow::Error::from))
+        {
+            Ok(()) => return Ok("fexit inet_csk_accept"),
+            Err(e) => {
+                failures.push(format!("{name}: {e:#}"));
+                let _ = prog.unload();
+            }
+        }
+    }
+    anyhow::bail!("{}", failures.join("; "))
+}
+
 impl Tracer {
     /// Loads, configures and attaches everything. `hostnames`: also attach
     /// the getaddrinfo uprobes (a failure there is a warning).
@@ -166,6 +274,7 @@ impl Tracer {
         };
         let mut warnings = Vec::new();
         let mut config = ConnsConfig::default();
+        let mut raw_tp_nesting = NestedRuns::Uncounted;
         let tracepoint_offsets = tracefs_path.clone().and_then(|path| {
             offsets::tracepoint_offsets(&path, &mut config)
                 .map_err(|e| format!("reading the tracepoint format: {e:#}"))
@@ -186,6 +295,10 @@ impl Tracer {
                 if let Err(e) = offsets::sock_tuple_offsets(&btf, &mut config) {
                     tracing::info!("no tp_btf lifecycle hook: {e:#}");
                 }
+                raw_tp_nesting = raw_tracepoint_nesting(
+                    &btf,
+                    btf.member("bpf_prog_info", "recursion_misses").is_ok(),
+                );
             }
             Err(e) => warnings.push(format!(
                 "kernel BTF unavailable ({e:#}): no counters at close and no process for \
@@ -201,12 +314,37 @@ impl Tracer {
         )?;
         cfg.set(0, config, 0).context("writing CONNS_CONFIG")?;
 
+        let tracepoint_nesting = tracepoint_nesting();
+        let nesting = |hook: LifecycleHook| match hook {
+            LifecycleHook::TracePoint => tracepoint_nesting,
+            LifecycleHook::BtfTracePoint => raw_tp_nesting,
+        };
+        let mut candidates = candidates;
+        // Stable: the preference order holds among equally accounted hooks.
+        candidates.sort_by_key(|hook| nesting(*hook) == NestedRuns::Uncounted);
+
         let mut hooks = Vec::new();
         let mut failures = Vec::new();
+        let mut lifecycle_nesting = NestedRuns::Uncounted;
         for hook in candidates {
             match attach_lifecycle(&mut ebpf, hook, &tracepoint_offsets, &config) {
                 Ok(()) => {
-                    hooks.push(hook.name().to_string());
+                    lifecycle_nesting = nesting(hook);
+                    hooks.push(format!("{} [{}]", hook.name(), nesting(hook).describe()));
+                    if nesting(hook) == NestedRuns::Uncounted {
+                        warnings.push(format!(
+                            "{}: this kernel skips a run of it that would start while another \
+                             BPF program runs on that CPU without counting it; state changes \
+                             missed that way cannot be reported (no hook that counts them \
+                             loads here: {})",
+                            hook.name(),
+                            if failures.is_empty() {
+                                "none other".to_string()
+                            } else {
+                                failures.join("; ")
+                            }
+                        ));
+                    }
                     break;
                 }
                 Err(e) => failures.push(format!("{}: {e:#}", hook.name())),
@@ -225,16 +363,43 @@ impl Tracer {
         // without CONFIG_FTRACE_SYSCALLS have none): without them netray
         // still reports every connection, accepted ones at close with no
         // process.
-        let accept = if config.flags & CONFIG_ACCEPT != 0 {
-            tracepoint(&mut ebpf, "conns_accept4", "syscalls", "sys_exit_accept4")
+        let accept_fexit = attach_accept_fexit(&mut ebpf);
+        if let Ok(name) = &accept_fexit {
+            hooks.push(format!("{name} [{}]", raw_tp_nesting.describe()));
+        }
+        let accept = if let Err(fexit_error) = &accept_fexit {
+            tracing::info!("accept hook fexit/inet_csk_accept not used: {fexit_error:#}");
+            if config.flags & CONFIG_ACCEPT != 0 {
+                tracepoint(&mut ebpf, "conns_accept4", "syscalls", "sys_exit_accept4")
+            } else {
+                Err(anyhow::anyhow!("offsets unknown"))
+            }
         } else {
-            Err(anyhow::anyhow!("offsets unknown"))
+            Ok(())
+        };
+        // These classic tracepoints are skipped only while bpf_prog_active
+        // is raised on the CPU, and they run at syscall exit in process
+        // context, below every BPF program that could run on that CPU: a
+        // program running there (kprobe, tracepoint, uprobe) has no way to
+        // return from a syscall, and the bpf() syscall's own
+        // bpf_disable_instrumentation() sections end before it returns.
+        // (A task preempted inside such a section, possible since 5.11 with
+        // preempt=full, leaves the counter raised for whatever runs next on
+        // that CPU; 6.7 and later count what is skipped then.)
+        let accept_note = match tracepoint_nesting {
+            NestedRuns::Uncounted => "never nested: run at syscall exit",
+            other => other.describe(),
         };
         match accept {
+            Ok(()) if accept_fexit.is_ok() => {}
             Ok(()) => {
-                hooks.push("tracepoint syscalls:sys_exit_accept4".to_string());
+                hooks.push(format!(
+                    "tracepoint syscalls:sys_exit_accept4 [{accept_note}]"
+                ));
                 match tracepoint(&mut ebpf, "conns_accept", "syscalls", "sys_exit_accept") {
-                    Ok(()) => hooks.push("tracepoint syscalls:sys_exit_accept".to_string()),
+                    Ok(()) => hooks.push(format!(
+                        "tracepoint syscalls:sys_exit_accept [{accept_note}]"
+                    )),
                     // Architectures without accept(2) (accept4 only) have no
                     // such event.
                     Err(e) => tracing::info!("sys_exit_accept: {e:#}"),
@@ -276,6 +441,7 @@ impl Tracer {
             stats,
             resolve,
             hooks,
+            lifecycle_nesting,
             warnings,
         })
     }
@@ -288,18 +454,22 @@ impl Tracer {
                 .map(|values| values.iter().copied().fold(0u64, u64::wrapping_add))
                 .unwrap_or(0)
         };
-        let kernel_skipped = [
+        let misses: Vec<Option<u64>> = [
             "conns_state",
             "conns_state_btf",
             "conns_accept4",
             "conns_accept",
+            "conns_accept_fexit4",
+            "conns_accept_fexit2",
         ]
         .iter()
         .filter_map(|name| {
+            // Only the loaded (attached) ones have a fd.
             let fd = self.ebpf.program(name)?.fd().ok()?;
             recursion_misses(fd.as_fd()).ok()
         })
-        .sum();
+        .collect();
+        let kernel_skipped = misses.iter().copied().sum::<Option<u64>>();
         KernelStats {
             events: get(STAT_EVENTS),
             ringbuf_full: get(STAT_RINGBUF_FULL),
@@ -312,8 +482,9 @@ impl Tracer {
 
 /// `recursion_misses` of a loaded program (`BPF_OBJ_GET_INFO_BY_FD`; the
 /// field is at byte 208 of the stable, append-only `struct bpf_prog_info`,
-/// since Linux 5.12; older kernels fill less and it reads 0).
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+/// since Linux 5.12). `None` when the kernel's `bpf_prog_info` ends before
+/// it (it writes back how many bytes it filled).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<u64>> {
     use std::os::fd::AsRawFd as _;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     const RECURSION_MISSES: usize = 208 / 8;
@@ -342,5 +513,8 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(info[RECURSION_MISSES])
+    if (attr.info_len as usize) < (RECURSION_MISSES + 1) * 8 {
+        return Ok(None);
+    }
+    Ok(Some(info[RECURSION_MISSES]))
 }

@@ -175,7 +175,7 @@ fn update_losses(metrics: &ConnsMetrics, kernel: KernelStats, hostname_lost: u64
     l.hostname_lost.store(hostname_lost, Ordering::Relaxed);
     l.events.store(read, Ordering::Relaxed);
     l.kernel_skipped
-        .store(kernel.kernel_skipped, Ordering::Relaxed);
+        .store(kernel.kernel_skipped.unwrap_or(0), Ordering::Relaxed);
 }
 
 /// Runs until `shutdown` completes (or stdout closes).
@@ -299,17 +299,26 @@ pub async fn run(config: ConnsConfig, shutdown: impl Future<Output = ()>) -> any
     let kernel = tracer.stats();
     let hostname_lost = tracer.resolve.as_ref().map_or(0, |r| r.lost());
     update_losses(&metrics, kernel, hostname_lost, state.read);
+    let skipped = match (kernel.kernel_skipped, tracer.lifecycle_nesting) {
+        (Some(n), _) => format!(
+            "{n} program runs skipped by the kernel (a BPF program was already running on that \
+             CPU; events of those state changes are missing)"
+        ),
+        // Pre-5.12 kernels: no counter, and the hooks were chosen so that
+        // the kernel does not skip them (see the hooks line).
+        (None, super::attach::NestedRuns::Run) => {
+            "0 program runs skipped by the kernel (this kernel has no counter of skipped runs, \
+             and runs nested BTF tracepoint programs instead of skipping them)"
+                .to_string()
+        }
+        (None, _) => "an unknown number of program runs skipped by the kernel (this kernel \
+                      does not count them; events of those state changes are missing)"
+            .to_string(),
+    };
     eprintln!(
         "netray conns: {} events read, {} printed; lost: {} (ring buffer full), {} (socket \
-         table full), {} hostname results; {} program runs skipped by the kernel (a BPF \
-         program was already running on that CPU; events of those state changes are \
-         missing)",
-        state.read,
-        state.printed,
-        kernel.ringbuf_full,
-        kernel.table_full,
-        hostname_lost,
-        kernel.kernel_skipped
+         table full), {} hostname results; {skipped}",
+        state.read, state.printed, kernel.ringbuf_full, kernel.table_full, hostname_lost,
     );
     Ok(())
 }
