@@ -63,6 +63,13 @@ pub mod probe;
 mod topology;
 
 pub use netns::{Netns, Spawned, cleanup_stale};
+
+/// How long a test waits for a process it started (netray, dnsmasq, a
+/// service) to be ready before it fails. Generous on purpose: in the kernel
+/// matrix's TCG guests on a loaded machine, verifying netray's programs
+/// alone took over 20 s. The deadline only bounds how long a real failure
+/// takes to show; tests still fail at once when the process exits.
+pub const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 pub use probe::ProbeReply;
 pub use topology::{
     Family, RouterBehavior, Side, Testbed, Topology, VISITOR_NETWORKS, link_addr, link_ifname,

@@ -657,7 +657,7 @@ fn sigkill_leaves_nothing_attached() -> Result<()> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + netray_testbed::STARTUP_TIMEOUT;
     let ids = loop {
         let ids = programs_loaded_with_xdp_on(&tb, &iface)?.unwrap_or_default();
         if ids.len() == 2 && attached(&tb, &iface)?.contains("packets_xdp") {
@@ -688,7 +688,7 @@ fn spawn_command(tb: &Testbed, iface: &str, args: &[&str]) -> Result<std::proces
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + netray_testbed::STARTUP_TIMEOUT;
     while !attached(tb, iface)?.contains("packets_xdp") {
         if Instant::now() > deadline {
             let _ = child.kill();

@@ -34,10 +34,10 @@ fn start_server(testbed: &Testbed, extra: &[&str]) -> Server {
     let mut args = vec![NETRAY, "serve", "--http", &listen];
     args.extend_from_slice(extra);
     let process = testbed.server().spawn(&args).expect("start netray serve");
-    let server = Server { process };
+    let mut server = Server { process };
     // Ready when /healthz answers from the client side.
     let addr = SocketAddr::new(testbed.server_addr(Family::V4), PORT);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + netray_testbed::STARTUP_TIMEOUT;
     loop {
         let ok = testbed
             .client()
@@ -45,6 +45,9 @@ fn start_server(testbed: &Testbed, extra: &[&str]) -> Server {
             .expect("run in client namespace");
         if ok.unwrap_or(false) {
             return server;
+        }
+        if let Ok(Some(status)) = server.process.child().try_wait() {
+            panic!("netray serve exited during start-up: {status}");
         }
         assert!(Instant::now() < deadline, "netray serve did not come up");
         std::thread::sleep(Duration::from_millis(50));
@@ -479,7 +482,7 @@ fn hop_names_come_from_reverse_dns() {
         ])
         .expect("dnsmasq (Debian package; `cargo xtask setup` installs it)");
     // Serve only once the resolver listens, so the first lookups reach it.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + netray_testbed::STARTUP_TIMEOUT;
     loop {
         let sockets = testbed
             .server()

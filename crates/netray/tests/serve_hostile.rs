@@ -27,9 +27,9 @@ fn start_server(testbed: &Testbed, extra: &[&str]) -> Server {
     let listen = format!("[::]:{PORT}");
     let mut args = vec![NETRAY, "serve", "--http", &listen];
     args.extend_from_slice(extra);
-    let process = testbed.server().spawn(&args).expect("start netray serve");
+    let mut process = testbed.server().spawn(&args).expect("start netray serve");
     let addr = SocketAddr::new(testbed.server_addr(Family::V4), PORT);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + netray_testbed::STARTUP_TIMEOUT;
     loop {
         let ok = testbed
             .client()
@@ -37,6 +37,9 @@ fn start_server(testbed: &Testbed, extra: &[&str]) -> Server {
             .expect("run in client namespace");
         if ok.unwrap_or(false) {
             return Server { _process: process };
+        }
+        if let Ok(Some(status)) = process.child().try_wait() {
+            panic!("netray serve exited during start-up: {status}");
         }
         assert!(Instant::now() < deadline, "netray serve did not come up");
         std::thread::sleep(Duration::from_millis(50));

@@ -1353,7 +1353,7 @@ async fn acme_certificate_from_pebble() {
             log,
         };
         let pebble_log = || std::fs::read_to_string(&pebble.log).unwrap_or_default();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + netray_testbed::STARTUP_TIMEOUT;
         while tokio::net::TcpStream::connect(("127.0.0.1", mgmt_port))
             .await
             .is_err()

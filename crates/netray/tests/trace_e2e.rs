@@ -640,7 +640,7 @@ fn tls_handshake_then_trace_to_netray_serve() {
             &key_path,
         ])
         .expect("start netray serve");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + netray_testbed::STARTUP_TIMEOUT;
     loop {
         let listening = testbed
             .server()
@@ -779,7 +779,7 @@ fn resolves_the_host_and_names_hops_through_the_resolver() {
             ),
         ])
         .expect("dnsmasq (Debian package; `cargo xtask setup` installs it)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + netray_testbed::STARTUP_TIMEOUT;
     loop {
         let sockets = testbed
             .client()
