@@ -10,6 +10,7 @@
 
 use std::{
     env, fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -300,6 +301,8 @@ fn run_suite_in_guest(
         .env("PATH", env::var("PATH").unwrap_or_default())
         .stdout(console)
         .stderr(console_err)
+        // Its own process group: at a timeout, QEMU (vng's child) must go too.
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start vng (is virtme-ng installed?): {e}"))?;
     let deadline = Instant::now() + GUEST_TIMEOUT;
@@ -311,6 +314,9 @@ fn run_suite_in_guest(
             break Some(status);
         }
         if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
             break None;
