@@ -143,18 +143,6 @@ fn total_retransmits(stream: &TcpStream) -> io::Result<u32> {
     Ok(info.tcpi_total_retrans)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), b"abcde");
-        assert_eq!(dechunk(b"zz\r\n"), b"");
-        assert_eq!(dechunk(b"10\r\nshort"), b"");
-    }
-}
-
 /// A TCP connection to `addr` from `local_port` of the calling thread's
 /// namespace, with SO_REUSEADDR so that a test can use one 4-tuple for
 /// several connections in a row.
@@ -173,4 +161,16 @@ pub fn connect_from(addr: SocketAddr, local_port: u16, timeout: Duration) -> io:
     socket.bind(&SocketAddr::new(any, local_port).into())?;
     socket.connect_timeout(&addr.into(), timeout)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), b"abcde");
+        assert_eq!(dechunk(b"zz\r\n"), b"");
+        assert_eq!(dechunk(b"10\r\nshort"), b"");
+    }
 }
