@@ -139,8 +139,11 @@ pub struct ConnsConfig {
     pub sk_protocol: u32,
     /// `sock.__sk_common.skc_family` (u16).
     pub skc_family: u32,
-    /// `sock.__sk_common.skc_num` (u16, local port, host order).
-    pub skc_num: u32,
+    /// `inet_sock.inet_sport` (u16, local port, network order). Not
+    /// `skc_num`: the kernel zeroes that when it releases the port, before
+    /// the state change to TCP_CLOSE is traced (`inet_put_port`, then
+    /// `inet_sk_state_store`); the classic tracepoint reads `inet_sport` too.
+    pub inet_sport: u32,
     /// `sock.__sk_common.skc_dport` (u16, network order).
     pub skc_dport: u32,
     /// `sock.__sk_common.skc_rcv_saddr` (4 bytes).

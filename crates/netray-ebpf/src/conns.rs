@@ -250,7 +250,7 @@ fn try_state_btf(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let t = Tuple {
         family,
-        sport: kread(sk, cfg.skc_num),
+        sport: u16::from_be(kread(sk, cfg.inet_sport)),
         dport: u16::from_be(kread(sk, cfg.skc_dport)),
         saddr,
         daddr,

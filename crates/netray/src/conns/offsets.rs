@@ -192,7 +192,9 @@ pub fn sock_tuple_offsets(btf: &Btf, config: &mut ConnsConfig) -> anyhow::Result
         Ok(common + sized(btf, "sock_common", member, size)?)
     };
     config.skc_family = c("skc_family", 2)?;
-    config.skc_num = c("skc_num", 2)?;
+    // Offsets from the `struct sock` pointer: inet_sock starts with it.
+    config.inet_sport =
+        sized(btf, "inet_sock", "inet_sport", 2)? - btf.member_offset("inet_sock", "sk")?;
     config.skc_dport = c("skc_dport", 2)?;
     config.skc_rcv_saddr = c("skc_rcv_saddr", 4)?;
     config.skc_daddr = c("skc_daddr", 4)?;
@@ -239,7 +241,7 @@ mod tests {
             config.fdt_fd,
             config.file_private_data,
             config.socket_sk,
-            config.skc_num,
+            config.inet_sport,
             config.skc_v6_daddr,
             config.sk_protocol,
         ] {
