@@ -507,12 +507,15 @@ fn guest_jobs() -> usize {
 fn host_tests() -> Result<TestTotals> {
     // Kernel tests need root: run the test binaries through sudo when we are not.
     let mut cmd = cargo();
+    // --no-fail-fast: every test binary runs, so one failure does not hide
+    // the others (the guests run them all too).
     cmd.args([
         "test",
         "--workspace",
         "--exclude",
         "netray-ebpf",
         "--release",
+        "--no-fail-fast",
     ]);
     if !is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
