@@ -672,6 +672,33 @@ fn sigkill_leaves_nothing_attached() -> Result<()> {
     };
     child.kill()?;
     child.wait()?;
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    if !tcx {
+        // Before tcx (6.6) a TC program hangs off a netlink filter of the
+        // clsact qdisc, which no process owns: a SIGKILL leaves it attached
+        // (it returns TC_ACT_UNSPEC, so it passes every packet). XDP is a
+        // bpf_link and must be gone; the one thing left must be packets_tc,
+        // which removing the qdisc then frees.
+        let deadline = Instant::now() + TIMEOUT;
+        let left = loop {
+            let text = attached(&tb, &iface)?;
+            if !text.contains("prog/xdp") {
+                break text;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "XDP still attached to {iface} after SIGKILL:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        ensure!(
+            left.contains("packets_tc") && !left.contains("packets_xdp"),
+            "after SIGKILL on a kernel without tcx, exactly the TC filter should be left:\n{left}"
+        );
+        tb.server()
+            .exec(&["tc", "qdisc", "del", "dev", &iface, "clsact"])?;
+    }
     wait_until_freed(&ids)?;
     wait_until_detached(&tb, &iface)
 }
