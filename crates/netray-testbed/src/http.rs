@@ -107,7 +107,9 @@ fn get_on(
     Ok(response)
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
+/// The body of a `Transfer-Encoding: chunked` message, decoded (chunk
+/// extensions ignored; stops at the last chunk or where the data ends).
+pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..line_end]);

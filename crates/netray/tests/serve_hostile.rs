@@ -81,24 +81,9 @@ fn exchange(mut stream: TcpStream, path: &str) -> std::io::Result<(u16, Vec<u8>)
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        body = dechunk(&body);
+        body = netray_testbed::http::dechunk(&body);
     }
     Ok((status, body))
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
-        data = &data[end + 2..];
-        if size == 0 || data.len() < size {
-            break;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[(size + 2).min(data.len())..];
-    }
-    out
 }
 
 fn json(body: &[u8]) -> Value {
