@@ -69,7 +69,8 @@ pub struct FlowState {
     pub local_tos: u8,
     /// Peer's latest IP TTL / hop limit as received.
     pub peer_ttl: u8,
-    /// Bit 0: peer segments seen; bit 1: local segments seen; bit 4:
+    /// Bit 0: peer segments seen; bit 1: local segments seen; bit 2:
+    /// `peer_seq_next` is known; bit 4:
     /// `peer_ack` holds an acknowledgment (a SYN carries none); bits 5 and
     /// 6: the peer / we sent a FIN.
     pub seen: u8,
@@ -112,6 +113,9 @@ impl FlowState {
     pub const SEEN_PEER: u8 = 1;
     /// `seen` bit: a local segment was seen.
     pub const SEEN_LOCAL: u8 = 2;
+    /// `seen` bit: `peer_seq_next` holds the peer's next sequence number,
+    /// from an acceptable peer segment or from our own ACK.
+    pub const PEER_SEQ_KNOWN: u8 = 4;
     /// `seen` bit: `peer_ack` was set from a segment with the ACK flag.
     pub const PEER_ACKED: u8 = 16;
     /// `seen` bit: the peer sent a FIN.

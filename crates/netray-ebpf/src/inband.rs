@@ -224,37 +224,57 @@ fn peer_segment(ctx: &XdpContext, pkt: &XdpPacket, ip: &IpHeader) -> Result<(), 
     // next segment. Raw-pointer accesses, no references are formed.
     let (armed, ended) = unsafe {
         let seen = (*state).seen;
+        let seq_known = seen & FlowState::PEER_SEQ_KNOWN != 0;
+        // Acceptable, as the kernel's TCP would take it: the segment starts
+        // exactly at the peer's next sequence number (our rcv_nxt, which our
+        // own ACKs also carry: see `local_segment`). Anyone who knows the
+        // 4-tuple can send segments; a blind forger's random sequence
+        // numbers must not move what probes carry, nor end the flow. A
+        // segment out of order (after a loss) is not taken either: our next
+        // ACK moves the state once the gap is filled.
+        let in_order = !seq_known || tcp.seq == (*state).peer_seq_next;
         // Linux takes an RST only at exactly its rcv_nxt (RFC 5961 3.2): a
         // blind one does not end the connection, so it must not end the
         // flow's state either.
-        let ended_by_rst = tcp.flags & TCP_RST != 0
-            && seen & FlowState::SEEN_PEER != 0
-            && tcp.seq == (*state).peer_seq_next;
-        let first = seen & FlowState::SEEN_PEER == 0;
-        // Forward-only: a reordered or retransmitted segment must not move
-        // the probes' acknowledgment number back.
-        if first || seq_after(next, (*state).peer_seq_next) {
-            (*state).peer_seq_next = next;
+        let ended_by_rst = tcp.flags & TCP_RST != 0 && seq_known && in_order;
+        let mut seen = seen | FlowState::SEEN_PEER;
+        if in_order {
+            // Forward-only: a retransmitted segment must not move the
+            // probes' acknowledgment number back.
+            if !seq_known || seq_after(next, (*state).peer_seq_next) {
+                (*state).peer_seq_next = next;
+            }
+            seen |= FlowState::PEER_SEQ_KNOWN;
         }
         // A SYN acknowledges nothing: the first ACK-flagged segment sets
-        // peer_ack, later ones only move it forward.
+        // peer_ack. Later ones move it forward only within what we sent,
+        // (peer_ack, snd_nxt], the range the kernel's TCP accepts (RFC 9293
+        // 3.10.7.4): a forged ACK with a random number must not make the
+        // probes' sequence numbers look like data in flight.
         let acked = seen & FlowState::PEER_ACKED != 0;
-        let mut seen = seen | FlowState::SEEN_PEER;
-        if tcp.flags & TCP_ACK != 0 && (!acked || seq_after(tcp.ack, (*state).peer_ack)) {
+        let local_known = seen & FlowState::SEEN_LOCAL != 0;
+        if tcp.flags & TCP_ACK != 0
+            && (!acked
+                || (seq_after(tcp.ack, (*state).peer_ack)
+                    && (!local_known || !seq_after(tcp.ack, (*state).local_seq_next))))
+        {
             (*state).peer_ack = tcp.ack;
             seen |= FlowState::PEER_ACKED;
         }
-        // Userspace finds the timestamp option in them (TSecr of a probe).
-        // Map values are 8-aligned and `peer_options` sits at offset 32.
-        copy_words(
-            (&raw mut (*state).peer_options).cast::<u64>(),
-            options.bytes.as_ptr().cast::<u64>(),
-            MAX_TCP_OPTIONS / 8,
-        );
-        (*state).peer_options_len = options_len as u8;
-        (*state).peer_ttl = ip.ttl;
-        if tcp.flags & TCP_FIN != 0 {
-            seen |= FlowState::PEER_FIN;
+        if in_order {
+            // Userspace finds the timestamp option in them (TSecr of a
+            // probe). Map values are 8-aligned and `peer_options` sits at
+            // offset 32.
+            copy_words(
+                (&raw mut (*state).peer_options).cast::<u64>(),
+                options.bytes.as_ptr().cast::<u64>(),
+                MAX_TCP_OPTIONS / 8,
+            );
+            (*state).peer_options_len = options_len as u8;
+            (*state).peer_ttl = ip.ttl;
+            if tcp.flags & TCP_FIN != 0 {
+                seen |= FlowState::PEER_FIN;
+            }
         }
         (*state).seen = seen;
         (*state).peer_segments = (*state).peer_segments.wrapping_add(1);
@@ -415,6 +435,15 @@ fn local_segment(pkt: &TcPacket<'_>) -> Result<(), Skip> {
         (*state).local_tos = ip.tos;
         (*state).local_flow_label = ip.flow_label;
         let mut seen = seen | FlowState::SEEN_LOCAL;
+        // Our ACK carries our kernel's rcv_nxt: the peer's next sequence
+        // number as validated by the kernel's TCP. It moves the state past
+        // segments the XDP side could not take (out of order, then filled).
+        if tcp.flags & TCP_ACK != 0
+            && (seen & FlowState::PEER_SEQ_KNOWN == 0 || seq_after(tcp.ack, (*state).peer_seq_next))
+        {
+            (*state).peer_seq_next = tcp.ack;
+            seen |= FlowState::PEER_SEQ_KNOWN;
+        }
         if tcp.flags & TCP_FIN != 0 {
             seen |= FlowState::LOCAL_FIN;
         }

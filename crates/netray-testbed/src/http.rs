@@ -19,13 +19,41 @@ pub struct Response {
     pub headers: String,
     /// The body, de-chunked.
     pub body: Vec<u8>,
-    /// Segments the client retransmitted on this connection (TCP_INFO).
+    /// Segments the client retransmitted on this connection after the
+    /// handshake (TCP_INFO): what a server's probes could have caused. A SYN
+    /// retransmitted during the handshake (a burst of hundreds of connects
+    /// at once sometimes loses one, 1 s before anything is traced) is not
+    /// counted.
     pub client_retransmits: u32,
+    /// Of those, how many the server reported as duplicates (D-SACK, RFC
+    /// 2883): the original had arrived, so the retransmission was the
+    /// client's timer firing early (a tail loss probe on a stalled machine),
+    /// not a segment lost or swallowed on the way.
+    pub client_retransmits_dsacked: u32,
     /// The connection ended with a reset instead of a clean close.
     pub reset: bool,
 }
 
 impl Response {
+    /// What disturbed this connection as its client saw it, if anything: a
+    /// reset, or retransmissions whose original the server never reported
+    /// receiving (segments that may have been lost). `None` on a connection
+    /// that tracing left alone.
+    pub fn disturbance(&self) -> Option<String> {
+        if self.reset {
+            return Some("the traced connection was reset".into());
+        }
+        let undelivered = self
+            .client_retransmits
+            .saturating_sub(self.client_retransmits_dsacked);
+        (undelivered > 0).then(|| {
+            format!(
+                "the client had to retransmit on the traced connection ({} retransmissions, {} reported as duplicates by the server)",
+                self.client_retransmits, self.client_retransmits_dsacked
+            )
+        })
+    }
+
     /// The value of header `name` (case-insensitive), if present.
     pub fn header(&self, name: &str) -> Option<String> {
         let prefix = format!("{}:", name.to_ascii_lowercase());
@@ -53,6 +81,16 @@ pub fn get_from(
     accept: &str,
     timeout: Duration,
 ) -> io::Result<Response> {
+    get_on(connect_bound(source, addr, timeout)?, path, accept, timeout)
+}
+
+/// A TCP connection to `addr` from the local address `source` (one of the
+/// calling thread's namespace's own), any port.
+pub fn connect_bound(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -60,7 +98,7 @@ pub fn get_from(
     )?;
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.connect_timeout(&addr.into(), timeout)?;
-    get_on(socket.into(), path, accept, timeout)
+    Ok(socket.into())
 }
 
 fn get_on(
@@ -70,6 +108,7 @@ fn get_on(
     timeout: Duration,
 ) -> io::Result<Response> {
     stream.set_read_timeout(Some(timeout))?;
+    let in_handshake = RetransmitCounts::of(&stream)?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: netray\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
@@ -80,7 +119,9 @@ fn get_on(
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
         Err(e) => return Err(e),
     };
-    let client_retransmits = total_retransmits(&stream)?;
+    let at_end = RetransmitCounts::of(&stream)?;
+    let client_retransmits = at_end.total.saturating_sub(in_handshake.total);
+    let client_retransmits_dsacked = at_end.dsacked.saturating_sub(in_handshake.dsacked);
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -96,6 +137,7 @@ fn get_on(
         headers,
         body: raw[split + 4..].to_vec(),
         client_retransmits,
+        client_retransmits_dsacked,
         reset,
     };
     if response
@@ -125,24 +167,45 @@ pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn total_retransmits(stream: &TcpStream) -> io::Result<u32> {
-    // SAFETY: tcp_info is plain data; zeroed is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: valid fd, out-pointer and length.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+/// What TCP_INFO says of a connection's retransmissions.
+struct RetransmitCounts {
+    /// `tcpi_total_retrans`.
+    total: u32,
+    /// `tcpi_dsack_dups` (Linux 4.19+): segments the peer reported as
+    /// received twice.
+    dsacked: u32,
+}
+
+impl RetransmitCounts {
+    fn of(stream: &TcpStream) -> io::Result<Self> {
+        // SAFETY: tcp_info is plain data; zeroed is valid.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: valid fd, out-pointer and length.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A kernel older than the field returns a shorter struct.
+        let dsack_end = std::mem::offset_of!(libc::tcp_info, tcpi_dsack_dups) + 4;
+        if (len as usize) < dsack_end {
+            return Err(io::Error::other(format!(
+                "TCP_INFO of {len} bytes has no tcpi_dsack_dups (Linux 4.19+)"
+            )));
+        }
+        Ok(Self {
+            total: info.tcpi_total_retrans,
+            dsacked: info.tcpi_dsack_dups,
+        })
     }
-    Ok(info.tcpi_total_retrans)
 }
 
 /// A TCP connection to `addr` from `local_port` of the calling thread's

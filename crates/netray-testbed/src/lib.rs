@@ -54,7 +54,7 @@
 //! unwinding.
 //!
 //! Everything needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN), iproute2's `ip` and,
-//! for behaviours and loss, `nft`.
+//! for behaviours and loss, `nft`; for delay, `tc` and the kernel's netem.
 
 pub mod forge;
 pub mod http;
@@ -72,6 +72,17 @@ pub use netns::{Netns, Spawned, cleanup_stale};
 pub const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 pub use probe::ProbeReply;
 pub use topology::{
-    Family, RouterBehavior, Side, Testbed, Topology, VISITOR_NETWORKS, link_addr, link_ifname,
-    visitor_addr,
+    Family, LinkDelay, RouterBehavior, Side, Testbed, Topology, VISITOR_NETWORKS, link_addr,
+    link_ifname, visitor_addr,
 };
+
+/// Whether this kernel can delay links ([`Topology::delay`]): netem is
+/// loaded, or its module is there to be loaded. The host kernel of this
+/// project's machines has none; the kernel-matrix guests' kernels do.
+pub fn netem_available() -> bool {
+    std::path::Path::new("/sys/module/sch_netem").exists()
+        || std::process::Command::new("modprobe")
+            .args(["-q", "-n", "sch_netem"])
+            .status()
+            .is_ok_and(|status| status.success())
+}

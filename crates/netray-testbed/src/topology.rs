@@ -131,7 +131,18 @@ pub struct Topology {
     routers: usize,
     behaviors: Vec<(usize, RouterBehavior)>,
     losses: Vec<(usize, u8)>,
+    delays: Vec<(usize, LinkDelay)>,
     kernel_icmp_rate_limits: bool,
+}
+
+/// Delay on a link, in each direction (netem on both ends' egress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkDelay {
+    /// Mean one-way delay.
+    pub delay: Duration,
+    /// Jitter around it (netem's uniform default distribution); like
+    /// netem's, it can reorder packets.
+    pub jitter: Duration,
 }
 
 impl Topology {
@@ -141,6 +152,7 @@ impl Topology {
             routers,
             behaviors: Vec::new(),
             losses: Vec::new(),
+            delays: Vec::new(),
             kernel_icmp_rate_limits: false,
         }
     }
@@ -160,6 +172,17 @@ impl Topology {
     /// stays resolvable (ARP is not IP and so is never affected).
     pub fn loss(mut self, link: usize, percent: u8) -> Topology {
         self.losses.push((link, percent));
+        self
+    }
+
+    /// Delays every packet sent over link `link` (0-based, see the crate
+    /// docs) by `delay` (plus up to `jitter` either way) in each direction,
+    /// with netem on the egress of both ends: a round trip over the link
+    /// takes twice the delay. Needs the kernel's netem (`sch_netem`):
+    /// [`build`](Self::build) fails with a clear error where it is missing
+    /// (see [`netem_available`](crate::netem_available)).
+    pub fn delay(mut self, link: usize, delay: Duration, jitter: Duration) -> Topology {
+        self.delays.push((link, LinkDelay { delay, jitter }));
         self
     }
 
@@ -189,6 +212,9 @@ impl Topology {
                 (1..=n).contains(&k),
                 "router {k} for {b:?} is not in 1..={n}"
             );
+        }
+        for &(link, _) in &self.delays {
+            ensure!(link <= n, "delay on link {link}, but the links are 0..={n}");
         }
         for &(link, percent) in &self.losses {
             ensure!(link <= n, "loss on link {link}, but the links are 0..={n}");
@@ -289,6 +315,35 @@ impl Topology {
             }
         }
 
+        // Delay last: readiness above is checked at full speed.
+        for &(link, LinkDelay { delay, jitter }) in &self.delays {
+            let ifname = link_ifname(link);
+            for node in [&tb.nodes[link], &tb.nodes[link + 1]] {
+                let (delay_us, jitter_us) = (
+                    delay.as_micros().to_string(),
+                    jitter.as_micros().to_string(),
+                );
+                let mut args = vec![
+                    "tc", "qdisc", "replace", "dev", &ifname, "root", "netem", "delay",
+                ];
+                let delay_arg = format!("{delay_us}us");
+                let jitter_arg = format!("{jitter_us}us");
+                args.push(&delay_arg);
+                if !jitter.is_zero() {
+                    args.push(&jitter_arg);
+                }
+                // Deep enough for bursts of hundreds of probes in flight.
+                args.extend(["limit", "100000"]);
+                node.exec(&args).with_context(|| {
+                    format!(
+                        "delaying link {link} in {} with netem (is sch_netem available? \
+                         the host kernel of this project's machines has none; the \
+                         kernel-matrix guests do)",
+                        node.name()
+                    )
+                })?;
+            }
+        }
         for i in 0..n + 2 {
             let rules = self.nft_rules(i);
             if !rules.is_empty() {

@@ -5,8 +5,10 @@
 //! 1. time to a complete trace: `netray serve` (client fetches /trace.json)
 //!    vs `traceroute -T` from the server to the client, on an 8-hop path and
 //!    on the same path with one silent router, plus hop-list agreement;
-//! 2. 200 concurrent traces (routers with the kernel's ICMP rate limits):
-//!    wall time, per-trace latency, exact hop lists, and server memory.
+//! 2. 200 concurrent traces from five visitor networks, routers with the
+//!    kernel's ICMP rate limits and one silent router: wall time, per-trace
+//!    latency, exact hop lists and hops (also those behind the silent
+//!    router), and server memory.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -182,27 +184,56 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Router 2 of the 4-hop path of [`concurrent`] sends no ICMP.
+const CONCURRENT_SILENT: usize = 2;
+
 fn concurrent(n: usize) {
     let testbed = Topology::chain(3)
+        .router(CONCURRENT_SILENT, RouterBehavior::Silent)
         .kernel_icmp_rate_limits()
         .build()
         .expect("testbed");
     let server = start_server(&testbed);
     let pid = server.id();
-    let want = expected(&testbed, &[]);
-    let rss_before = rss_kib(pid, "VmRSS:");
+    let routers = expected(&testbed, &[CONCURRENT_SILENT]);
+    let routers = &routers[..routers.len() - 1];
+    // The silent router's TTL as the server sees it (router k is at TTL
+    // routers + 1 - k).
+    let silent_ttl = testbed.routers() + 1 - CONCURRENT_SILENT;
     let addr = SocketAddr::new(testbed.server_addr(Family::V4), PORT);
+    // Visitors from five networks (a router is shared only once two
+    // networks saw it); two of them trace first, one after the other, as a
+    // live server has seen many networks before any burst.
+    let visitor = |i: usize| netray_testbed::visitor_addr(i % 5, Family::V4);
+    for i in 1..=2 {
+        let source = visitor(i);
+        testbed
+            .client()
+            .run(move || {
+                http::get_from(source, addr, "/trace.json", "*/*", Duration::from_secs(30))
+            })
+            .expect("client namespace")
+            .expect("warm-up trace");
+    }
+    let rss_before = rss_kib(pid, "VmRSS:");
     let started = Instant::now();
     let results = testbed
         .client()
         .run(move || {
             std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..n)
-                    .map(|_| {
+                    .map(|i| {
                         scope.spawn(move || {
+                            let source = visitor(i);
                             let t = Instant::now();
-                            let r = http::get(addr, "/trace.json", "*/*", Duration::from_secs(60));
-                            (t.elapsed(), r)
+                            let r = http::get_from(
+                                source,
+                                addr,
+                                "/trace.json",
+                                "*/*",
+                                Duration::from_secs(60),
+                            );
+                            (source, t.elapsed(), r)
                         })
                     })
                     .collect();
@@ -216,8 +247,13 @@ fn concurrent(n: usize) {
     let wall = started.elapsed();
     let peak = rss_kib(pid, "VmHWM:");
     let mut latencies = Vec::new();
-    let (mut ok, mut exact, mut cached) = (0, 0, 0);
-    for (took, response) in results {
+    let (mut ok, mut exact_lists, mut cached, mut rate_limited) = (0, 0, 0, 0);
+    let (mut hops_total, mut hops_exact, mut behind_total, mut behind_exact) = (0, 0, 0, 0);
+    for (source, took, response) in results {
+        let mut want = routers.to_vec();
+        want.push(Some(source));
+        hops_total += want.len();
+        behind_total += want.len() - silent_ttl;
         let Ok(response) = response else { continue };
         if response.status != 200 {
             continue;
@@ -225,10 +261,21 @@ fn concurrent(n: usize) {
         ok += 1;
         latencies.push(took);
         let result: Value = serde_json::from_slice(&response.body).unwrap_or_default();
-        exact += usize::from(hops_of(&result) == want);
-        cached += result["hops"]
-            .as_array()
-            .map_or(0, |h| h.iter().filter(|h| h["cached"] == true).count());
+        let got = hops_of(&result);
+        exact_lists += usize::from(got == want);
+        for (i, hop) in want.iter().enumerate() {
+            // The destination is exact only as the last hop.
+            let exact = got.get(i) == Some(hop) && (i + 1 < want.len() || got.len() == want.len());
+            hops_exact += usize::from(exact);
+            if i >= silent_ttl {
+                behind_exact += usize::from(exact);
+            }
+        }
+        let hops = result["hops"].as_array();
+        cached += hops.map_or(0, |h| h.iter().filter(|h| h["cached"] == true).count());
+        rate_limited += hops.map_or(0, |h| {
+            h.iter().filter(|h| h["rate_limited"] == true).count()
+        });
     }
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -237,7 +284,10 @@ fn concurrent(n: usize) {
             .copied()
     };
     println!(
-        "{n} concurrent traces (4-hop path, routers with kernel ICMP rate limits): {ok}/{n} answered, {exact}/{n} exact hop lists ({cached} hops shared from other traces)"
+        "{n} concurrent traces (4-hop path, router at TTL {silent_ttl} silent, routers with kernel ICMP rate limits, visitors from 5 networks): {ok}/{n} answered, {exact_lists}/{n} exact hop lists"
+    );
+    println!(
+        "  hops exact {hops_exact}/{hops_total}; behind the silent router {behind_exact}/{behind_total}; {cached} hops shared from other traces, {rate_limited} labelled rate-limited"
     );
     println!(
         "  wall {:.0} ms; per trace p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
@@ -251,6 +301,23 @@ fn concurrent(n: usize) {
         rss_before,
         peak,
         peak.saturating_sub(rss_before)
+    );
+    let metrics = testbed
+        .client()
+        .run(move || http::get(addr, "/metrics", "*/*", Duration::from_secs(10)))
+        .expect("client namespace")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .unwrap_or_default();
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    println!(
+        "  probes sent {}, held back for routers out of ICMP budget {} (warm-up included)",
+        counter("netray_probes_sent_total"),
+        counter("netray_probes_held_back_total")
     );
 }
 

@@ -451,7 +451,32 @@ pub fn probe_capabilities() -> BTreeMap<Capability, CapabilityOutcome> {
         Err(e) => CapabilityOutcome::fails(Capability::Conns, crate::verifier::render_error(&e)),
     };
     outcomes.insert(Capability::Conns, conns);
+    if let Some(serve) = outcomes.get_mut(&Capability::Serve) {
+        serve_privilege_drop(serve);
+    }
     outcomes
+}
+
+/// What serve's privilege drop keeps on this kernel (see
+/// [`crate::privileges::map_operations_need_cap_bpf`]), measured the way
+/// serve measures it: as `nobody` when root (serve's default `--user`).
+fn serve_privilege_drop(serve: &mut CapabilityOutcome) {
+    use crate::privileges;
+    let user = privileges::serve_target_user(None).ok().flatten();
+    match privileges::map_operations_need_cap_bpf(user.as_ref()) {
+        Ok(false) => {}
+        Ok(true) => serve.warnings.push(format!(
+            "this kernel refuses bpf() map operations without CAP_BPF \
+             (kernel.unprivileged_bpf_disabled={}): serve's privilege drop keeps CAP_BPF \
+             (effective and permitted, nothing else)",
+            privileges::unprivileged_bpf_disabled().map_or("?".to_string(), |v| v.to_string())
+        )),
+        Err(e) if serve.ok => {
+            serve.ok = false;
+            serve.error = Some(format!("serve's privilege drop: {e:#}"));
+        }
+        Err(_) => {}
+    }
 }
 
 /// Names of the veth pair the in-band capture is attached to, inside the

@@ -87,13 +87,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             netray::privileges::require("serve", netray::privileges::EBPF_COMMAND)?;
             let config = netray::serve::ServeConfig::from_args(*args)?;
-            tokio::runtime::Runtime::new()?.block_on(serve(config))?;
+            // Before any setup: a bad --user fails at once.
+            let user = netray::privileges::serve_target_user(config.user.as_deref())?;
+            netray::privileges::require_droppable()?;
+            tokio::runtime::Runtime::new()?.block_on(serve(config, user))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn serve(config: netray::serve::ServeConfig) -> anyhow::Result<()> {
+async fn serve(
+    config: netray::serve::ServeConfig,
+    user: Option<netray::privileges::TargetUser>,
+) -> anyhow::Result<()> {
     use netray::inband::{
         capture::{Capture, up_interfaces},
         engine::EngineConfig,
@@ -132,5 +138,30 @@ async fn serve(config: netray::serve::ServeConfig) -> anyhow::Result<()> {
         },
     )?;
     tracing::info!(?interfaces, "capture attached");
-    netray::serve::run(config, std::sync::Arc::new(tracer), shutdown).await
+    let server = netray::serve::Server::bind(config).await?;
+    // Everything privileged is done: programs attached, maps and ring buffer
+    // open, raw probe sockets open, listeners bound. From here on the
+    // process parses the Internet's HTTP and TLS with no privilege at all.
+    if let Some(user) = &user {
+        server.hand_over_files(user.uid, user.gid)?;
+    }
+    // Kernels before 5.19 refuse every bpf() command, map updates on
+    // descriptors already open included, to a process without CAP_BPF
+    // while kernel.unprivileged_bpf_disabled is set: measured, then exactly
+    // CAP_BPF is kept where it is needed.
+    let keep: &[netray::privileges::Capability] =
+        if netray::privileges::map_operations_need_cap_bpf(user.as_ref())? {
+            tracing::warn!(
+                "this kernel refuses bpf() map operations without CAP_BPF \
+                 (kernel.unprivileged_bpf_disabled={}): the privilege drop keeps CAP_BPF, \
+                 which tracing needs to update and read its maps",
+                netray::privileges::unprivileged_bpf_disabled()
+                    .map_or("?".to_string(), |v| v.to_string())
+            );
+            &[netray::privileges::Capability::Bpf]
+        } else {
+            &[]
+        };
+    netray::privileges::drop_privileges(user.as_ref(), keep)?;
+    server.serve(std::sync::Arc::new(tracer), shutdown).await
 }

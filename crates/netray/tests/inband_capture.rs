@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use netray::inband::capture::{Capture, FlowSubscription, addr_from_bytes, flow_key};
 use netray_common::inband::{EVENT_TCP, EVENT_TIME_EXCEEDED, FlowState, InbandEvent};
-use netray_testbed::{Family, Side, Testbed, Topology};
+use netray_testbed::{Family, Side, Testbed, Topology, forge};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -36,6 +36,8 @@ use tokio::{
 const TIMEOUT: Duration = Duration::from_secs(5);
 const ROUTERS: usize = 3;
 const TCP_ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
+const FIN: u8 = 0x01;
 
 #[test]
 fn ipv4_time_exceeded_and_peer_segments() -> Result<()> {
@@ -226,6 +228,97 @@ async fn in_server_namespace(tb: &Testbed, family: Family, iface: &str) -> Resul
         }
         None => bail!("no timestamp option in {options:?} (tcp_timestamps off?)"),
     }
+
+    // (2b) An off-path forger who knows the 4-tuple but not the sequence
+    // numbers: ACKs with random acknowledgment numbers, data and FINs with
+    // random sequence numbers, with another TTL. The kernel's TCP ignores
+    // them (challenge ACKs at most); the flow state must not move either:
+    // the probes would carry the forger's numbers, and a forged FIN would
+    // end the flow when ours follows.
+    let before = flow.state()?;
+    let (client_port, server_port) = (client.local_addr()?.port(), server.local_addr()?.port());
+    let forged = tb.client().run(move || -> std::io::Result<usize> {
+        let mut sent = 0;
+        for i in 0u32..24 {
+            // Far from the real numbers: a fixed offset of half the space.
+            let seq = before.peer_seq_next.wrapping_add(0x8000_0000 + i * 7919);
+            let ack = before.peer_ack.wrapping_add(0x4000_0000 + i * 104_729);
+            let (flags, payload) = match i % 3 {
+                0 => (forge::ACK, Vec::new()),
+                1 => (forge::ACK | PSH, b"forged".to_vec()),
+                _ => (forge::ACK | FIN, Vec::new()),
+            };
+            let segment = forge::Segment {
+                src: client_addr,
+                dst: server_addr,
+                sport: client_port,
+                dport: server_port,
+                seq,
+                ack,
+                flags,
+                ttl: 33,
+                payload,
+            };
+            segment.send()?;
+            sent += 1;
+        }
+        Ok(sent)
+    })??;
+    assert_eq!(forged, 24);
+    // The forged segments pass the XDP program before the stack: wait until
+    // the last one was seen (armed: each one is an event).
+    let mut seen_forged = 0;
+    while seen_forged < forged {
+        next_event(&mut flow, |e| {
+            e.kind == EVENT_TCP && e.ttl == 33 - ROUTERS as u8
+        })
+        .await?;
+        seen_forged += 1;
+    }
+    let after = flow.state().context("forged FINs ended the flow's state")?;
+    assert_eq!(
+        (after.peer_seq_next, after.peer_ack, after.peer_ttl),
+        (before.peer_seq_next, before.peer_ack, before.peer_ttl),
+        "forged segments moved the flow state: before {before:?} after {after:?}"
+    );
+    assert_eq!(after.seen & FlowState::PEER_FIN, 0, "{after:?}");
+    // The real peer's next segment still counts.
+    client.write_all(b"!").await?;
+    tokio::time::timeout(TIMEOUT, server.read_exact(&mut byte))
+        .await
+        .context("the client's last byte never arrived")??;
+    next_event(&mut flow, |e| e.kind == EVENT_TCP && e.payload_len == 1).await?;
+    let state = flow.state()?;
+    assert_eq!(
+        state.peer_seq_next,
+        before.peer_seq_next.wrapping_add(1),
+        "{state:?}"
+    );
+
+    // (2c) A late reader. This runtime has one thread: while this task does
+    // not yield, the ring buffer's reader cannot run, as on a machine too
+    // busy to schedule it. What the kernel queued meanwhile must reach the
+    // subscription through `deliver_pending` (a trace's deadline relies on
+    // it), and not before.
+    let late = b"late";
+    ensure!(client.try_write(late)? == late.len(), "short write");
+    std::thread::sleep(Duration::from_millis(300));
+    let is_late = |e: &InbandEvent| e.kind == EVENT_TCP && usize::from(e.payload_len) == late.len();
+    let early: Vec<InbandEvent> = std::iter::from_fn(|| flow.events.try_recv().ok()).collect();
+    ensure!(
+        !early.iter().any(is_late),
+        "the reader ran while this task did not yield: {early:?}"
+    );
+    flow.deliver_pending(TIMEOUT).await;
+    let delivered: Vec<InbandEvent> = std::iter::from_fn(|| flow.events.try_recv().ok()).collect();
+    ensure!(
+        delivered.iter().any(is_late),
+        "deliver_pending returned before the kernel's event was delivered: {delivered:?}"
+    );
+    let mut received = [0u8; 4];
+    tokio::time::timeout(TIMEOUT, server.read_exact(&mut received))
+        .await
+        .context("the late bytes never arrived")??;
 
     // (4) Counters.
     let stats = capture.stats();

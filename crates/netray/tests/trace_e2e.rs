@@ -933,3 +933,62 @@ fn watch_stays_exact_under_router_icmp_rate_limits() {
         }
     }
 }
+
+/// Paths with real round trips: every link delayed with netem. Only kernels
+/// with netem run these (the kernel-matrix guests; `cargo xtask test` leaves
+/// this module out on a host kernel without netem and says so).
+mod needs_netem {
+    use super::*;
+
+    /// One-way delay of every link: router k is k links from the client,
+    /// so its replies take at least 2·k·5 ms; the server (5 links) 50 ms.
+    const LINK_DELAY: Duration = Duration::from_millis(5);
+    const ROUTERS: usize = 4;
+
+    fn delayed_chain(family: Family, silent: &[usize]) {
+        let mut topology = Topology::chain(ROUTERS);
+        for link in 0..=ROUTERS {
+            topology = topology.delay(link, LINK_DELAY, Duration::ZERO);
+        }
+        for &k in silent {
+            topology = topology.router(k, RouterBehavior::Silent);
+        }
+        let testbed = topology.build().expect("testbed with delayed links");
+        let service = Service::start(&testbed);
+        let server = testbed.server_addr(family);
+        let result = trace_json(&testbed, &target(server, service.port), &[]);
+        assert_hops(
+            &result,
+            &expected_path(&testbed, family, silent, server),
+            None,
+        );
+        // netem is the yardstick: no reply can come back sooner than the
+        // links' delays, and none should take seconds more.
+        for (i, hop) in result["hops"].as_array().unwrap().iter().enumerate() {
+            let floor_ms = 2.0 * (i + 1) as f64 * LINK_DELAY.as_secs_f64() * 1000.0;
+            for rtt in hop["rtt_ms"].as_array().unwrap() {
+                let rtt = rtt.as_f64().unwrap();
+                assert!(
+                    rtt >= floor_ms - 0.5 && rtt < floor_ms + 2000.0,
+                    "TTL {}: RTT {rtt} ms, the path's delay alone is {floor_ms} ms: {result:#}",
+                    i + 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ipv4_delayed_chain() {
+        delayed_chain(Family::V4, &[]);
+    }
+
+    #[test]
+    fn ipv6_delayed_chain() {
+        delayed_chain(Family::V6, &[]);
+    }
+
+    #[test]
+    fn ipv4_delayed_chain_with_a_silent_router() {
+        delayed_chain(Family::V4, &[2]);
+    }
+}

@@ -43,7 +43,10 @@ use netray_common::inband::{
 };
 use tokio::{
     io::unix::AsyncFd,
-    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    sync::{
+        mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+        oneshot,
+    },
     task::JoinHandle,
 };
 
@@ -90,6 +93,9 @@ pub struct Capture {
     interfaces: Vec<String>,
     /// The ring-buffer reader; aborted on drop.
     reader: JoinHandle<()>,
+    /// Asks the reader to drain the ring buffer now (see
+    /// [`FlowSubscription::deliver_pending`]).
+    flushes: UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -192,10 +198,12 @@ impl Capture {
         let ring = crate::loader::async_ring_buffer(ring, &runtime)?;
         let subscribers = Arc::new(Mutex::new(Subscribers::new()));
         let undeliverable = Arc::new(AtomicU64::new(0));
+        let (flushes, flush_requests) = unbounded_channel();
         let reader = runtime.spawn(read_events(
             ring,
             Arc::clone(&subscribers),
             Arc::clone(&undeliverable),
+            flush_requests,
         ));
         Ok(Arc::new(Capture {
             _ebpf: ebpf,
@@ -206,6 +214,7 @@ impl Capture {
             undeliverable,
             interfaces: interfaces.to_vec(),
             reader,
+            flushes,
         }))
     }
 
@@ -245,6 +254,22 @@ impl Capture {
             events,
             capture: Arc::clone(self),
         })
+    }
+
+    /// Removes the kernel's state of a connection the server has closed,
+    /// unless a trace subscribes to it (the subscription removes it when it
+    /// drops). The kernel removes an entry when it sees FIN both ways or an
+    /// RST; a peer that vanishes after our FIN would leave it behind until
+    /// LRU eviction, for a later connection on the 4-tuple to find.
+    /// Returns whether an entry was removed.
+    pub fn forget(&self, key: &FlowKey) -> bool {
+        let subscribers = lock(&self.subscribers);
+        if subscribers.contains_key(key) {
+            return false;
+        }
+        // Under the subscribers' lock: a registration racing with this
+        // cannot have its fresh entry removed.
+        lock(&self.flows).remove(key).is_ok()
     }
 
     /// The capture's counters (kernel per-CPU counters summed). A counter
@@ -343,6 +368,17 @@ impl FlowSubscription {
     pub fn capture(&self) -> &Arc<Capture> {
         &self.capture
     }
+
+    /// Returns once every event the kernel had queued when this was called
+    /// is in [`FlowSubscription::events`] (or `limit` passed). A trace's
+    /// deadline is userspace time: on a busy machine the reader can be
+    /// seconds behind replies the kernel saw in time, and those must count.
+    pub async fn deliver_pending(&self, limit: std::time::Duration) {
+        let (done, drained) = oneshot::channel();
+        if self.capture.flushes.send(done).is_ok() {
+            let _ = tokio::time::timeout(limit, drained).await;
+        }
+    }
 }
 
 impl Drop for FlowSubscription {
@@ -360,37 +396,63 @@ impl Drop for FlowSubscription {
 
 /// Reads the ring buffer until the capture is dropped (the task is
 /// aborted) and dispatches each event to its flow's subscriber.
+///
+/// Answers flush requests too: each is answered after a drain that started
+/// after it arrived, so in ring-buffer order every earlier record has been
+/// dispatched.
 async fn read_events(
     mut ring: AsyncFd<RingBuf<MapData>>,
     subscribers: Arc<Mutex<Subscribers>>,
     undeliverable: Arc<AtomicU64>,
+    mut flush_requests: UnboundedReceiver<oneshot::Sender<()>>,
 ) {
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(guard) => guard,
-            Err(error) => {
-                tracing::error!("in-band capture: polling the ring buffer failed: {error}");
-                return;
+        let flush = tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(error) => {
+                        tracing::error!("in-band capture: polling the ring buffer failed: {error}");
+                        return;
+                    }
+                };
+                dispatch_all(guard.get_inner_mut(), &subscribers, &undeliverable);
+                // Only clears readiness seen before this guard was taken: a
+                // record committed after the drain above wakes the next
+                // iteration.
+                guard.clear_ready();
+                None
             }
+            Some(done) = flush_requests.recv() => Some(done),
         };
-        while let Some(item) = guard.get_inner_mut().next() {
-            let Some(event) = parse_event(&item) else {
-                tracing::warn!(
-                    "in-band capture: skipping a ring-buffer record of {} bytes",
-                    item.len()
-                );
-                continue;
-            };
-            let delivered = lock(&subscribers)
-                .get(&event.flow)
-                .is_some_and(|sender| sender.send(event).is_ok());
-            if !delivered {
-                undeliverable.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(done) = flush {
+            dispatch_all(ring.get_mut(), &subscribers, &undeliverable);
+            let _ = done.send(());
         }
-        // Only clears readiness seen before this guard was taken: a record
-        // committed after the drain above wakes the next iteration.
-        guard.clear_ready();
+    }
+}
+
+/// Reads every record the ring buffer holds and hands each event to its
+/// flow's subscriber.
+fn dispatch_all(
+    ring: &mut RingBuf<MapData>,
+    subscribers: &Mutex<Subscribers>,
+    undeliverable: &AtomicU64,
+) {
+    while let Some(item) = ring.next() {
+        let Some(event) = parse_event(&item) else {
+            tracing::warn!(
+                "in-band capture: skipping a ring-buffer record of {} bytes",
+                item.len()
+            );
+            continue;
+        };
+        let delivered = lock(subscribers)
+            .get(&event.flow)
+            .is_some_and(|sender| sender.send(event).is_ok());
+        if !delivered {
+            undeliverable.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -277,6 +277,11 @@ impl Trace {
         })
     }
 
+    /// The router that answered this trace's own probes at `ttl`, if any.
+    pub fn router_at(&self, ttl: u8) -> Option<IpAddr> {
+        self.ttls.get(usize::from(ttl).checked_sub(1)?)?.router
+    }
+
     /// TTLs worth more probes: up to the destination once it is known.
     pub fn ttls_to_probe(&self) -> std::ops::RangeInclusive<u8> {
         1..=self.destination_ttl().unwrap_or(self.config.max_hops)

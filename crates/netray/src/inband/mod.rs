@@ -75,6 +75,12 @@ pub trait PathTracer: Send + Sync + 'static {
     /// Counters for `/metrics`.
     fn stats(&self) -> TracerStats;
 
+    /// The server has closed `connection`: nothing of it may outlive it
+    /// (kernel flow state included). Default: nothing to do.
+    fn connection_closed(&self, connection: &Connection) {
+        let _ = connection;
+    }
+
     /// How traces ended and what hostile input was ignored, for `/metrics`
     /// (zero for tracers that do not keep them).
     fn outcome_stats(&self) -> TraceOutcomeStats {
@@ -112,6 +118,9 @@ pub struct TracerStats {
     pub traces_failed: u64,
     /// Probe packets sent.
     pub probes_sent: u64,
+    /// Extra probes not sent: the trace had heard that hop already and its
+    /// router's ICMP budget toward us was spent (see `shared::IcmpBudgets`).
+    pub probes_held_back: u64,
     /// ICMP errors that matched a probe of a running trace.
     pub icmp_matched: u64,
     /// ICMP errors seen but not matched (forged, late, other traffic).

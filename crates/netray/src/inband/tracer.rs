@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netray_common::inband::{EVENT_DEST_UNREACHABLE, EVENT_TIME_EXCEEDED};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -28,7 +29,7 @@ use super::{
     probe::ProbeTemplate,
     rdns::ReverseDns,
     sender::ProbeSender,
-    shared::SharedHops,
+    shared::{IcmpBudgets, SharedHops},
 };
 
 /// Timing and probing knobs of the tracer.
@@ -67,6 +68,7 @@ struct Counters {
     completed: AtomicU64,
     failed: AtomicU64,
     probes_sent: AtomicU64,
+    probes_held_back: AtomicU64,
     matched: AtomicU64,
     ignored: AtomicU64,
     reached: AtomicU64,
@@ -88,6 +90,7 @@ struct Inner {
     config: TracerConfig,
     rdns: ReverseDns,
     shared: SharedHops,
+    budgets: IcmpBudgets,
     counters: Counters,
     /// One trace per connection; a finished trace stays while its connection lives.
     traces: Mutex<HashMap<ConnectionKey, TraceEntry>>,
@@ -114,6 +117,7 @@ impl InbandTracer {
                     ReverseDns::disabled()
                 },
                 shared: SharedHops::default(),
+                budgets: IcmpBudgets::default(),
                 counters: Counters::default(),
                 traces: Mutex::new(HashMap::new()),
             }),
@@ -232,11 +236,19 @@ impl PathTracer for InbandTracer {
             traces_completed: c.completed.load(Relaxed),
             traces_failed: c.failed.load(Relaxed),
             probes_sent: c.probes_sent.load(Relaxed),
+            probes_held_back: c.probes_held_back.load(Relaxed),
             icmp_matched: c.matched.load(Relaxed),
             // Kernel: ICMP quoting no traced flow; engine: quoting a traced
             // flow but no probe of it (late, stray or forged).
             icmp_ignored: kernel.icmp_ignored + c.ignored.load(Relaxed),
             ringbuf_drops: kernel.ringbuf_drops,
+        }
+    }
+
+    fn connection_closed(&self, connection: &Connection) {
+        if peer_may_linger(&connection.socket) {
+            let key = flow_key(canonical(connection.local), canonical(connection.peer));
+            self.inner.capture.forget(&key);
         }
     }
 
@@ -266,6 +278,29 @@ fn monotonic_ns() -> u64 {
 
 /// Packets our TCP has sent that the peer has not acknowledged (TCP_INFO).
 fn unacked_packets(socket: &OwnedFd) -> std::io::Result<u32> {
+    let info = tcp_info(socket)?;
+    // TCP_ESTABLISHED is 1 in include/net/tcp_states.h (libc does not export it).
+    if info.tcpi_state != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "connection is no longer established",
+        ));
+    }
+    Ok(info.tcpi_unacked)
+}
+
+/// Whether the peer of this socket's connection may still be on its
+/// 4-tuple without having sent its FIN (include/net/tcp_states.h:
+/// ESTABLISHED 1, FIN_WAIT1 4, FIN_WAIT2 5, CLOSE_WAIT 8). In any other
+/// state both FINs (or an RST) have passed, so the kernel side removed the
+/// flow's entry itself, and an entry on the 4-tuple now belongs to a new
+/// connection (a client may reuse its port once the old one closed, while
+/// our descriptor still exists).
+fn peer_may_linger(socket: &OwnedFd) -> bool {
+    tcp_info(socket).is_ok_and(|info| matches!(info.tcpi_state, 1 | 4 | 5 | 8))
+}
+
+fn tcp_info(socket: &OwnedFd) -> std::io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; zeroed is valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -282,14 +317,7 @@ fn unacked_packets(socket: &OwnedFd) -> std::io::Result<u32> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // TCP_ESTABLISHED is 1 in include/net/tcp_states.h (libc does not export it).
-    if info.tcpi_state != 1 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            "connection is no longer established",
-        ));
-    }
-    Ok(info.tcpi_unacked)
+    Ok(info)
 }
 
 /// Waits until nothing is in flight and the capture knows the flow well
@@ -385,20 +413,16 @@ async fn probe_and_collect(
     let round1_deadline = Instant::now() + config.grace_max;
     let mut max_rtt = Duration::ZERO;
     // Collect until the destination is known (or round 1 times out).
-    while trace.destination_ttl().is_none() && Instant::now() < round1_deadline {
-        if !next_event(
-            subscription,
-            &mut trace,
-            round1_deadline,
-            &mut max_rtt,
-            inner,
-            tx,
-        )
-        .await
-        {
-            break;
-        }
-    }
+    collect_until(
+        subscription,
+        &mut trace,
+        round1_deadline,
+        |t| t.destination_ttl().is_some(),
+        &mut max_rtt,
+        inner,
+        tx,
+    )
+    .await;
 
     // Round 2: the other probes, for the TTLs up to the destination.
     if probes_per_ttl > 1 {
@@ -411,6 +435,13 @@ async fn probe_and_collect(
         }
         for attempt in 1..probes_per_ttl {
             for ttl in trace.ttls_to_probe() {
+                // Hop already heard and its router out of ICMP budget: the
+                // probe would only take a token another trace needs (or go
+                // unanswered and read as loss).
+                if trace.router_at(ttl).is_some_and(|r| inner.budgets.spent(r)) {
+                    inner.counters.probes_held_back.fetch_add(1, Relaxed);
+                    continue;
+                }
                 send_probe(inner, template, &mut trace, ttl, attempt)?;
                 sent += 1;
             }
@@ -420,11 +451,16 @@ async fn probe_and_collect(
     // a reply slower than ten times that is not coming.
     let grace = (max_rtt * 10).clamp(config.grace_min, config.grace_max);
     let deadline = Instant::now() + grace;
-    while !trace.is_complete() && Instant::now() < deadline {
-        if !next_event(subscription, &mut trace, deadline, &mut max_rtt, inner, tx).await {
-            break;
-        }
-    }
+    collect_until(
+        subscription,
+        &mut trace,
+        deadline,
+        Trace::is_complete,
+        &mut max_rtt,
+        inner,
+        tx,
+    )
+    .await;
     debug!(peer = %key.1, sent, elapsed = ?started.elapsed(), "trace finished");
     let c = &inner.counters;
     c.peer_segments_unacceptable
@@ -460,6 +496,7 @@ fn share(inner: &Inner, peer: IpAddr, hops: &mut [super::model::Hop]) {
     inner.shared.fill(peer, hops);
     // Cached hops are learned only as keys, never as answers.
     inner.shared.learn(peer, hops);
+    super::model::label_rate_limited(hops);
 }
 
 fn send_probe(
@@ -479,22 +516,71 @@ fn send_probe(
     Ok(())
 }
 
-/// Waits for one event until `deadline`, feeds it to the trace and publishes
-/// the new hops. Returns false when the deadline passed or the capture closed.
-async fn next_event(
+/// Events read after a deadline from what the kernel had queued before it,
+/// at most: a bound for a flood that outpaces us.
+const LATE_EVENTS_MAX: usize = 4096;
+
+/// How long to wait for the capture's reader to catch up at a deadline.
+const CATCH_UP_MAX: Duration = Duration::from_secs(2);
+
+/// Feeds the trace its flow's events until `done` holds or `deadline`
+/// passes. At the deadline, the events the kernel had already queued still
+/// count: the deadline is userspace time, and on a busy machine the ring
+/// buffer's reader or this task can run seconds behind replies that arrived
+/// in time (every reply to 90 probes lost that way at 200 concurrent traces
+/// in a loaded guest).
+async fn collect_until(
     subscription: &mut FlowSubscription,
     trace: &mut Trace,
     deadline: Instant,
+    done: impl Fn(&Trace) -> bool,
     max_rtt: &mut Duration,
     inner: &Inner,
     tx: &watch::Sender<TraceSnapshot>,
-) -> bool {
-    let wait = deadline.saturating_duration_since(Instant::now());
-    let Ok(Some(event)) = tokio::time::timeout(wait, subscription.events.recv()).await else {
-        return false;
-    };
+) {
+    while !done(trace) {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(wait, subscription.events.recv()).await {
+            Ok(Some(event)) => on_event(&event, trace, max_rtt, inner, tx),
+            Ok(None) => return,
+            Err(_elapsed) => break,
+        }
+    }
+    if done(trace) {
+        return;
+    }
+    subscription.deliver_pending(CATCH_UP_MAX).await;
+    for _ in 0..LATE_EVENTS_MAX {
+        if done(trace) {
+            return;
+        }
+        let Ok(event) = subscription.events.try_recv() else {
+            return;
+        };
+        on_event(&event, trace, max_rtt, inner, tx);
+    }
+}
+
+/// One event of the traced flow: into the trace, then into the shared view.
+fn on_event(
+    event: &netray_common::inband::InbandEvent,
+    trace: &mut Trace,
+    max_rtt: &mut Duration,
+    inner: &Inner,
+    tx: &watch::Sender<TraceSnapshot>,
+) {
     let peer = addr_from_bytes(event.flow.family, event.flow.remote_addr);
-    match trace.on_event(&event) {
+    let verdict = trace.on_event(event);
+    if verdict != Verdict::Ignored
+        && matches!(event.kind, EVENT_TIME_EXCEEDED | EVENT_DEST_UNREACHABLE)
+    {
+        // An answer to one of our probes (also a duplicate) cost its router
+        // a token of the budget all traces share.
+        inner
+            .budgets
+            .replied(addr_from_bytes(event.flow.family, event.from_addr));
+    }
+    match verdict {
         Verdict::Matched => {
             inner.counters.matched.fetch_add(1, Relaxed);
             let mut hops = trace.hops();
@@ -515,5 +601,4 @@ async fn next_event(
         }
         Verdict::Duplicate => {}
     }
-    true
 }

@@ -86,8 +86,41 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE_LIMIT_PER_MINUTE,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_minute: u32,
+
+    /// Open connections in total; beyond it new connections are closed at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Open connections per client address (IPv6: per /64); beyond it that
+    /// client's new connections are closed at once, others still get in.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_client: u32,
+
+    /// Seconds a new connection has to send its first complete request head
+    /// (TLS handshake included); a connection that sends nothing is closed then.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_FIRST_REQUEST_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub first_request_timeout: u64,
+
+    /// Seconds a connection (HTTP/1.1 keep-alive or HTTP/2, PINGs or not) may
+    /// stay open with no request in flight.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout: u64,
+
+    /// Once the capture is attached, the probe sockets opened and the
+    /// listeners bound, switch to this user (and its primary group) and drop
+    /// every capability [default when started as root: nobody].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
+const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 64;
+const DEFAULT_FIRST_REQUEST_TIMEOUT_SECS: u64 = 15;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 const DEFAULT_MAX_HOPS: u8 = 30;
 const DEFAULT_PROBES: u8 = 3;
 const DEFAULT_MAX_TRACES_PER_CLIENT: u32 = 4;
@@ -113,6 +146,11 @@ impl Default for ServeArgs {
             max_traces_per_client: DEFAULT_MAX_TRACES_PER_CLIENT,
             max_traces: DEFAULT_MAX_TRACES,
             rate_limit_per_minute: DEFAULT_RATE_LIMIT_PER_MINUTE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT_SECS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT_SECS,
+            user: None,
         }
     }
 }
@@ -191,6 +229,16 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Open connections beyond which new ones are closed at once.
     pub max_connections: usize,
+    /// Open connections per client key (address, IPv6 /64) beyond which that
+    /// client's new ones are closed at once.
+    pub max_connections_per_client: u32,
+    /// How long a new connection may take to send its first request head.
+    pub first_request_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// User to switch to after setup (`--user`); `None`: the default rule
+    /// (nobody when root, else stay).
+    pub user: Option<String>,
 }
 
 impl ServeConfig {
@@ -216,13 +264,31 @@ impl ServeConfig {
             ("--max-traces-per-client", args.max_traces_per_client),
             ("--max-traces", args.max_traces),
             ("--rate-limit-per-minute", args.rate_limit_per_minute),
+            ("--max-connections", args.max_connections),
+            (
+                "--max-connections-per-client",
+                args.max_connections_per_client,
+            ),
         ] {
             if value == 0 {
                 bail!("{flag} must be at least 1");
             }
         }
+        for (flag, value) in [
+            ("--first-request-timeout", args.first_request_timeout),
+            ("--idle-timeout", args.idle_timeout),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be at least 1 second");
+            }
+        }
         for name in &args.interfaces {
             validate_interface(name)?;
+        }
+        if let Some(user) = &args.user
+            && (user.is_empty() || user.contains(['\0', ':', '/']))
+        {
+            bail!("--user {user:?} is not a user name");
         }
 
         let tls = tls_source(&args)?;
@@ -243,7 +309,11 @@ impl ServeConfig {
             },
             trace_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
-            max_connections: 4096,
+            max_connections: args.max_connections as usize,
+            max_connections_per_client: args.max_connections_per_client,
+            first_request_timeout: Duration::from_secs(args.first_request_timeout),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            user: args.user,
         })
     }
 }

@@ -68,7 +68,7 @@ a { color: var(--accent); }
     cell(tr, 1).textContent = h.addr || "*";
     cell(tr, 2).textContent = h.hostname || "";
     cell(tr, 2).title = h.hostname || "";
-    cell(tr, 3).textContent = h.sent ? (100 * Math.max(0, h.sent - h.received) / h.sent).toFixed(0) + "%" : "";
+    cell(tr, 3).textContent = h.rate_limited ? "rate-limited" : h.sent ? (100 * Math.max(0, h.sent - h.received) / h.sent).toFixed(0) + "%" : "";
     cell(tr, 4).textContent = h.sent + " / " + h.received;
     cell(tr, 5).textContent = rtts.length ? ms(Math.min(...rtts)) : "";
     cell(tr, 6).textContent = rtts.length ? ms(rtts.reduce((a, b) => a + b, 0) / rtts.length) : "";
@@ -77,6 +77,7 @@ a { color: var(--accent); }
     notes.replaceChildren();
     function badge(text, cls, title) { const b = document.createElement("span"); b.className = "badge " + cls; b.textContent = text; b.title = title; notes.appendChild(b); }
     if (h.cached) badge("cached", "cached", "no reply to this trace's probe: the router other visitors' traces saw here");
+    if (h.rate_limited) badge("rate-limited", "cached", "fewer replies than probes, but later hops answered: the router limits its ICMP errors, this is not loss on the path");
     if (h.nat) badge("NAT", "nat", "answered with your address before reaching you: a NAT in front of you");
     if (h.destination) badge("you", "dest", "this hop reached your connection");
     tr.className = (h.addr ? "" : "silent") + (h.destination ? " dest" : "");

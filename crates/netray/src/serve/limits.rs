@@ -1,5 +1,6 @@
-//! Admission control for new traces: a global cap, a per-client cap on
-//! concurrent traces and a per-client token bucket.
+//! Admission control: for new traces a global cap, a per-client cap on
+//! concurrent traces and a per-client token bucket; for connections a global
+//! cap and a per-client cap on open connections (IPv6 clients: per /64).
 
 use std::{
     collections::HashMap,
@@ -211,9 +212,187 @@ impl Drop for Permit {
     }
 }
 
+/// File descriptors per connection: the socket, and the duplicate the
+/// tracer keeps for TCP_INFO.
+const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for everything else (listeners, eBPF maps and links,
+/// raw sockets, resolver, ACME cache files).
+const FDS_RESERVED: u64 = 256;
+
+/// Raises RLIMIT_NOFILE so `max_connections` connections fit (the hard limit
+/// too when allowed: root, CAP_SYS_RESOURCE); returns how many connections
+/// really fit, lower than asked (with a warning) when the limit cannot be
+/// raised enough. Without this the default soft limit (1024) would make
+/// accept fail long before the connection caps apply.
+pub(crate) fn raise_fd_limit(max_connections: usize) -> usize {
+    let wanted = (max_connections as u64)
+        .saturating_mul(FDS_PER_CONNECTION)
+        .saturating_add(FDS_RESERVED);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with valid pointers.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return max_connections;
+    }
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max.max(wanted),
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            let soft = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
+                limit = soft;
+            }
+        }
+    }
+    let fit = limit.rlim_cur.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+    if fit < max_connections as u64 {
+        let fit = usize::try_from(fit).unwrap_or(usize::MAX).max(1);
+        tracing::warn!(
+            "RLIMIT_NOFILE is {}: --max-connections lowered from {max_connections} to {fit}",
+            limit.rlim_cur
+        );
+        return fit;
+    }
+    max_connections
+}
+
+/// Why a new connection was refused (closed at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnRefusal {
+    /// The server holds its maximum of open connections.
+    Global,
+    /// This client (address, IPv6 /64) holds its maximum of open connections.
+    PerClient,
+}
+
+impl ConnRefusal {
+    /// The `reason` label in metrics.
+    pub(crate) const fn reason(self) -> &'static str {
+        match self {
+            Self::Global => "global",
+            Self::PerClient => "per_client",
+        }
+    }
+}
+
+/// Open connections, in total and per client key. Entries go away with the
+/// client's last connection, so memory is bounded by the global cap.
+#[derive(Debug)]
+pub(crate) struct ConnectionLimiter {
+    max_total: usize,
+    max_per_client: u32,
+    state: Mutex<ConnState>,
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    total: usize,
+    per_client: HashMap<IpAddr, u32>,
+}
+
+/// One open connection's share of the connection limits; released on drop.
+#[derive(Debug)]
+pub(crate) struct ConnPermit {
+    limiter: Arc<ConnectionLimiter>,
+    key: IpAddr,
+}
+
+impl ConnectionLimiter {
+    pub(crate) fn new(max_total: usize, max_per_client: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: max_total.max(1),
+            max_per_client: max_per_client.max(1),
+            state: Mutex::new(ConnState::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a new connection from `peer`, or says why not. The per-client
+    /// cap is checked first: a client at its cap is told so even when the
+    /// server is full too.
+    pub(crate) fn try_acquire(self: &Arc<Self>, peer: IpAddr) -> Result<ConnPermit, ConnRefusal> {
+        let key = client_key(peer);
+        let mut state = self.lock();
+        let open = state.per_client.get(&key).copied().unwrap_or(0);
+        if open >= self.max_per_client {
+            return Err(ConnRefusal::PerClient);
+        }
+        if state.total >= self.max_total {
+            return Err(ConnRefusal::Global);
+        }
+        state.total += 1;
+        *state.per_client.entry(key).or_insert(0) += 1;
+        Ok(ConnPermit {
+            limiter: self.clone(),
+            key,
+        })
+    }
+
+    /// Open connections in total.
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut state = self.limiter.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(open) = state.per_client.get_mut(&self.key) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                state.per_client.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_caps_per_client_and_global() {
+        let l = ConnectionLimiter::new(3, 2);
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let a_same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        let b: IpAddr = "192.0.2.7".parse().unwrap();
+        let b_mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let a1 = l.try_acquire(a).unwrap();
+        let _a2 = l.try_acquire(a_same_64).unwrap();
+        assert_eq!(l.try_acquire(a).unwrap_err(), ConnRefusal::PerClient);
+        let _b1 = l.try_acquire(b).unwrap();
+        assert_eq!(l.try_acquire(b_mapped).unwrap_err(), ConnRefusal::Global);
+        drop(a1);
+        assert_eq!(l.open(), 2);
+        let _b2 = l.try_acquire(b_mapped).unwrap();
+        assert_eq!(l.try_acquire(b).unwrap_err(), ConnRefusal::PerClient);
+    }
+
+    #[test]
+    fn connection_entries_go_away_with_the_last_connection() {
+        let l = ConnectionLimiter::new(10, 1);
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        drop(l.try_acquire(a).unwrap());
+        assert!(l.lock().per_client.is_empty());
+        assert_eq!(l.open(), 0);
+        let _again = l.try_acquire(a).unwrap();
+    }
 
     fn limiter(per_client: u32, global: u32, rate: u32) -> Arc<Limiter> {
         Limiter::new(LimitsConfig {

@@ -34,6 +34,52 @@ struct RefusedLabels {
     reason: &'static str,
 }
 
+/// Values of the `reason` label of `netray_http_connections_refused_total`.
+const CONNECTION_REFUSAL_REASONS: [&str; 2] = ["global", "per_client"];
+
+/// Values of the `phase` label of `netray_http_connections_timed_out_total`.
+const CONNECTION_TIMEOUT_PHASES: [&str; 2] = ["first_request", "idle"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnRefusedLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnTimeoutLabels {
+    phase: &'static str,
+}
+
+/// Connection admission counters: refused at accept, closed for idleness.
+struct AdmissionMetrics {
+    refused: Family<ConnRefusedLabels, Counter>,
+    timed_out: Family<ConnTimeoutLabels, Counter>,
+}
+
+impl AdmissionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let refused = Family::<ConnRefusedLabels, Counter>::default();
+        for reason in CONNECTION_REFUSAL_REASONS {
+            let _ = refused.get_or_create(&ConnRefusedLabels { reason });
+        }
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at accept, by reason (global, per_client)",
+            refused.clone(),
+        );
+        let timed_out = Family::<ConnTimeoutLabels, Counter>::default();
+        for phase in CONNECTION_TIMEOUT_PHASES {
+            let _ = timed_out.get_or_create(&ConnTimeoutLabels { phase });
+        }
+        registry.register(
+            "http_connections_timed_out",
+            "Connections closed for sending no request, by phase (first_request, idle)",
+            timed_out.clone(),
+        );
+        Self { refused, timed_out }
+    }
+}
+
 /// The server's metrics.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -42,6 +88,7 @@ pub(crate) struct Metrics {
     connections: Counter,
     connections_open: Gauge,
     tls_handshake_failures: Counter,
+    admission: AdmissionMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -77,6 +124,11 @@ impl Collector for TracerStatsCollector {
             ),
             ("traces_failed", "Traces that failed.", s.traces_failed),
             ("probes_sent", "Probe packets sent.", s.probes_sent),
+            (
+                "probes_held_back",
+                "Extra probes not sent: hop already heard, its router's ICMP budget spent.",
+                s.probes_held_back,
+            ),
             (
                 "icmp_matched",
                 "ICMP errors matched to a probe.",
@@ -170,8 +222,10 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let admission = AdmissionMetrics::register(&mut registry);
         registry.register_collector(Box::new(TracerStatsCollector(tracer)));
         Self {
+            admission,
             registry,
             http_requests,
             traces_refused,
@@ -204,6 +258,24 @@ impl Metrics {
 
     pub(crate) fn tls_failure(&self) {
         self.tls_handshake_failures.inc();
+    }
+
+    /// A connection closed at accept; `reason` is one of
+    /// [`CONNECTION_REFUSAL_REASONS`].
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        self.admission
+            .refused
+            .get_or_create(&ConnRefusedLabels { reason })
+            .inc();
+    }
+
+    /// A connection closed for idleness; `phase` is one of
+    /// [`CONNECTION_TIMEOUT_PHASES`].
+    pub(crate) fn connection_timed_out(&self, phase: &'static str) {
+        self.admission
+            .timed_out
+            .get_or_create(&ConnTimeoutLabels { phase })
+            .inc();
     }
 
     /// The exposition text.

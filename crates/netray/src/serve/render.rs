@@ -99,7 +99,11 @@ pub(crate) fn text_row(hop: &Hop) -> String {
         (Some(addr), _) => addr.to_string(),
     };
     let mut line = format!("{:>3}  {host:<HOST_WIDTH$}", hop.ttl);
-    if hop.sent > 0 {
+    if hop.rate_limited {
+        // Not path loss: the router did not answer every probe (its ICMP
+        // rate limit), but the probes went on past it.
+        let _ = write!(line, " {:>6} {:>4} {:>4}", "rl", hop.sent, hop.received);
+    } else if hop.sent > 0 {
         let lost = hop.sent.saturating_sub(hop.received);
         let loss = f64::from(lost) * 100.0 / f64::from(hop.sent);
         let _ = write!(line, " {loss:>5.1}% {:>4} {:>4}", hop.sent, hop.received);
@@ -123,6 +127,9 @@ pub(crate) fn text_row(hop: &Hop) -> String {
     if hop.cached {
         // Not this trace's reply: learned from other visitors' traces.
         line.push_str("  cached");
+    }
+    if hop.rate_limited {
+        line.push_str("  rate-limited");
     }
     if hop.nat {
         line.push_str("  NAT");
@@ -187,6 +194,7 @@ mod tests {
             nat: false,
             destination: false,
             cached: false,
+            rate_limited: false,
         }
     }
 
@@ -214,6 +222,14 @@ mod tests {
         });
         assert!(silent.starts_with("  2  *"), "{silent}");
         assert!(silent.contains("100.0%"), "{silent}");
+        let limited = text_row(&Hop {
+            cached: true,
+            rate_limited: true,
+            ..hop(3, Some("192.0.2.3"), &[])
+        });
+        assert!(!limited.contains('%'), "not shown as path loss: {limited}");
+        assert!(limited.contains("   rl    3    0"), "{limited}");
+        assert!(limited.ends_with("cached  rate-limited\n"), "{limited}");
     }
 
     #[test]
