@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask setup`: install what building and testing need (idempotent).
 //! - `cargo xtask demo`:  setup, build, and run the self-contained demo.
-//! - `cargo xtask test [--kernel host|5.10|6.1|6.12|all]`: setup, then fmt,
+//! - `cargo xtask test [--kernel host|guests|5.10|6.1|6.12|all]`: setup, then fmt,
 //!   clippy and the whole test suite, kernel tests included, on the host
 //!   kernel and in QEMU guests booted with Debian's distribution kernels
 //!   (default: all); fails if any test failed or was skipped on any kernel.
@@ -70,14 +70,16 @@ fn main() -> ExitCode {
         "bench" => setup().and_then(|()| bench()),
         "vm" => vm(&args[1..]),
         // Inside a guest (see matrix.rs); not for developers.
-        "guest-run" => args
-            .get(1)
-            .ok_or_else(|| "guest-run RUN_DIR".to_string())
-            .and_then(|dir| matrix::guest_run(Path::new(dir))),
+        "guest-run" => match (args.get(1), args.get(2), args.get(3).map(|s| s.parse())) {
+            (Some(dir), Some(boot), Some(Ok(seconds))) => {
+                matrix::guest_run(Path::new(dir), boot, seconds)
+            }
+            _ => Err("guest-run RUN_DIR BOOT SECONDS".to_string()),
+        },
         "guest-prepare" => matrix::guest_prepare(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <setup [--kernels]|demo|test [--kernel host|5.10|6.1|6.12|all]|bench|vm --kernel K -- CMD>"
+                "usage: cargo xtask <setup [--kernels]|demo|test [--kernel host|guests|5.10|6.1|6.12|all]|bench|vm --kernel K -- CMD>"
             );
             return ExitCode::SUCCESS;
         }
@@ -114,7 +116,7 @@ fn kernel_selection(args: &[String]) -> Result<Selection> {
     while let Some(arg) = iter.next() {
         let value = if arg == "--kernel" {
             iter.next()
-                .ok_or("--kernel needs a value: host, all, 5.10, 6.1 or 6.12")?
+                .ok_or("--kernel needs a value: host, guests, all, 5.10, 6.1 or 6.12")?
                 .as_str()
         } else if let Some(value) = arg.strip_prefix("--kernel=") {
             value

@@ -26,15 +26,6 @@ pub const GUEST_KERNELS: &[(&str, &str)] = &[
     ("6.12", "vmlinuz-6.12."),
 ];
 
-/// How long one guest may take for the whole suite (TCG is slow; a hung
-/// test must not eat CI's budget). Measured: 5.10 sharing the two cores
-/// with the other guests took 2 640 s for the suite in one full `.ci/run`
-/// (2026-12-02) and, in the next, 36 min for its first 8 of 21 binaries
-/// (trace_e2e alone over 1 200 s): these shared machines vary by 2x. 70 min
-/// leaves room for a slow day and, with the ~16 min host stage, still ends
-/// a hung guest inside CI's 90.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(70 * 60);
-
 /// What `--kernel` selects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selection {
@@ -42,6 +33,8 @@ pub enum Selection {
     All,
     /// Only the host kernel.
     Host,
+    /// Every guest kernel, not the host's.
+    Guests,
     /// One guest kernel, by its short name ("6.1").
     Guest(String),
 }
@@ -52,9 +45,10 @@ impl Selection {
         match value {
             "all" => Ok(Self::All),
             "host" => Ok(Self::Host),
+            "guests" => Ok(Self::Guests),
             name if GUEST_KERNELS.iter().any(|(n, _)| *n == name) => Ok(Self::Guest(name.into())),
             other => Err(format!(
-                "--kernel {other:?}: expected host, all or one of {}",
+                "--kernel {other:?}: expected host, guests, all or one of {}",
                 GUEST_KERNELS
                     .iter()
                     .map(|(n, _)| *n)
@@ -72,7 +66,7 @@ impl Selection {
     /// The guest kernels to run, by short name.
     pub fn guests(&self) -> Vec<&str> {
         match self {
-            Self::All => GUEST_KERNELS.iter().map(|(n, _)| *n).collect(),
+            Self::All | Self::Guests => GUEST_KERNELS.iter().map(|(n, _)| *n).collect(),
             Self::Host => Vec::new(),
             Self::Guest(name) => GUEST_KERNELS
                 .iter()
@@ -168,33 +162,57 @@ fn test_binaries(mut cargo: Command) -> Result<Vec<TestBinary>> {
 }
 
 /// Whether QEMU can use this machine's KVM for a stock kernel. On these
-/// machines /dev/kvm is a nested paravirtual one on which QEMU aborts at
-/// once ("failed to set MSR"); TCG works everywhere, several times slower.
+/// machines /dev/kvm is a nested paravirtual one on which QEMU either
+/// aborts at once ("failed to set MSR", seen 2026-12-02) or spins without
+/// ever booting (a 5.10 guest still silent after 60 s, 2026-12-07); TCG
+/// works everywhere, several times slower. A guest under working KVM
+/// boots in a few seconds, so the probe gets [`KVM_PROBE_TIMEOUT`].
 fn kvm_works(image: &Path, run_dir: &Path) -> bool {
     if fs::metadata("/dev/kvm").is_err() {
         return false;
     }
     let marker = run_dir.join("kvm-probe");
     let _ = fs::remove_file(&marker);
-    let status = vng(image, run_dir, false)
+    let child = vng(image, run_dir, false)
         .arg("--memory")
         .arg("1G")
         .arg("--exec")
         .arg(format!("touch {}", marker.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
-    let works = status.is_ok_and(|s| s.success()) && marker.exists();
+        // Its own process group: at the timeout QEMU goes with vng.
+        .process_group(0)
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let status = wait_until(&mut child, Instant::now() + KVM_PROBE_TIMEOUT);
+    if !matches!(status, Ok(Some(_))) {
+        kill_group(&mut child);
+    }
+    let works = matches!(status, Ok(Some(s)) if s.success()) && marker.exists();
     let _ = fs::remove_file(&marker);
     works
 }
+
+/// How long a guest under KVM may take to boot and run one command before
+/// the probe decides KVM does not work here.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// `vng --run IMAGE` with the options every guest run shares.
 fn vng(image: &Path, run_dir: &Path, disable_kvm: bool) -> Command {
     let mut cmd = Command::new("vng");
     cmd.arg("--run")
         .arg(image)
-        .args(["--cpus", "2"])
+        .arg("--cpus")
+        .arg(guest_cpus().to_string())
+        // Under TCG the kernel distrusts the TSC and falls back to the HPET,
+        // whose every read is an emulated device access (and no vDSO); the
+        // TSC that QEMU emulates follows the host's clock and is stable.
+        // Measured side by side on 6.1, one guest alone: inband_capture
+        // 12.6 s with the TSC against 13.8 and 18.0 s with the HPET,
+        // verifier_budget 10.9 s against 12.1 and 11.4 s.
+        .args(["--append", "clocksource=tsc tsc=reliable"])
         .arg("--rwdir")
         .arg(run_dir)
         .stdin(Stdio::null());
@@ -202,6 +220,22 @@ fn vng(image: &Path, run_dir: &Path, disable_kvm: bool) -> Command {
         cmd.arg("--disable-kvm");
     }
     cmd
+}
+
+/// vCPUs per guest (`NETRAY_GUEST_CPUS`, default 1). Under TCG a guest's
+/// vCPUs are host threads, and a guest kernel spinning on a lock held by a
+/// vCPU the host has descheduled wastes its time slice: two guests of two
+/// vCPUs each on two cores got through the same binaries at about half the
+/// rate of two guests of one vCPU each. Measured on 6.1 (2026-12-07),
+/// inband_capture + serve_http + packets_output: two guests of 1 vCPU side
+/// by side, 98 s each; one guest of 2 vCPUs alone, 98 s; two of 2 vCPUs
+/// side by side, 178 s each.
+fn guest_cpus() -> usize {
+    env::var("NETRAY_GUEST_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
 }
 
 /// Chooses KVM or TCG once per xtask run.
@@ -226,142 +260,372 @@ fn accelerator(image: &Path, run_dir: &Path) -> bool {
 
 /// Runs the whole test suite in guests booted with each kernel of `names`,
 /// up to `jobs` guests at a time; returns each kernel's totals (or why it
-/// failed) and the seconds it took, in the order of `names`.
+/// failed) and the seconds from its first guest's boot to its last
+/// guest's end, in the order of `names`.
+///
+/// The unit of work is one test binary on one kernel. Every guest of a
+/// kernel takes the next binary of that kernel's plan that no other guest
+/// has taken (a claim is a directory created in the shared run directory:
+/// `mkdir` is atomic on the host's filesystem, which the guests reach over
+/// 9p), slowest first. A worker whose guest has run out of binaries boots
+/// a guest for the kernel with the most left, so a second guest helps
+/// with the slowest kernel instead of the stage waiting on one guest
+/// running it alone.
+///
+/// The first guest of a kernel that dies (vng exits abnormally: seen on
+/// 6.12 under TCG on a loaded machine, with no panic and no test failure
+/// reported) gives the binaries it had taken and not finished back, and
+/// that is said in the output; a binary that fails, or a second guest that
+/// dies, or one that runs past the stage's budget, fails the kernel's
+/// stage, and that kernel gets no more guests.
 pub fn run_suites_in_guests(
     cargo: Command,
     workspace: &Path,
     names: &[&str],
     jobs: usize,
 ) -> Result<Vec<(String, Result<TestTotals>, f64)>> {
-    let binaries = test_binaries(cargo)?;
+    let mut binaries = test_binaries(cargo)?;
+    if let Ok(only) = env::var("NETRAY_GUEST_BINARIES") {
+        // For debugging one binary on the guests; never in CI, where every
+        // binary runs.
+        if env::var_os("CI").is_some() {
+            return Err("NETRAY_GUEST_BINARIES is for debugging; CI runs every binary".into());
+        }
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        binaries.retain(|b| only.contains(&short_name(&b.executable).as_str()));
+        eprintln!(
+            "xtask: NETRAY_GUEST_BINARIES: the guests run only {} binaries: {}",
+            binaries.len(),
+            only.join(" ")
+        );
+        if binaries.is_empty() {
+            return Err("NETRAY_GUEST_BINARIES names no test binary".into());
+        }
+    }
     let first = kernel_image(names.first().ok_or("no guest kernel selected")?)?;
     let probe_dir = workspace.join("target/kernel-matrix");
     fs::create_dir_all(&probe_dir).map_err(|e| format!("creating {}: {e}", probe_dir.display()))?;
     let disable = accelerator(&first, &probe_dir);
-    // A pool of `jobs` workers taking the kernels in order: the next guest
-    // starts as soon as any finishes (guests take unequal times).
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(Vec::new());
+    let plan = plan_text(&binaries);
+    let mut kernels = Vec::new();
+    for name in names {
+        let run_dir = workspace.join("target/kernel-matrix").join(name);
+        let _ = fs::remove_dir_all(&run_dir);
+        fs::create_dir_all(run_dir.join(CLAIMS))
+            .map_err(|e| format!("creating {}: {e}", run_dir.display()))?;
+        fs::write(run_dir.join("plan"), &plan).map_err(|e| format!("writing the plan: {e}"))?;
+        kernels.push(KernelRun {
+            name: name.to_string(),
+            image: kernel_image(name)?,
+            run_dir,
+            running: 0,
+            boots: 0,
+            gave_back: false,
+            failures: Vec::new(),
+            first_boot: None,
+            last_end: None,
+        });
+    }
+    let deadline = Instant::now() + STAGE_BUDGET;
+    let kernels = std::sync::Mutex::new(kernels);
+    let lock = || {
+        kernels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, names.len().max(1)) {
+        for _ in 0..jobs.max(1) {
             scope.spawn(|| {
                 loop {
-                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(name) = names.get(index) else { break };
-                    let started = Instant::now();
-                    let result = run_suite_in_guest(&binaries, workspace, name, disable);
-                    let entry = (name.to_string(), result, started.elapsed().as_secs_f64());
-                    results
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(entry);
+                    // Pick a kernel and book a guest for it under the lock.
+                    let (index, name, image, run_dir, boot) = {
+                        let mut kernels = lock();
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let Some(index) = next_kernel(&kernels, binaries.len()) else {
+                            break;
+                        };
+                        let kernel = &mut kernels[index];
+                        kernel.running += 1;
+                        kernel.boots += 1;
+                        kernel.first_boot.get_or_insert_with(Instant::now);
+                        (
+                            index,
+                            kernel.name.clone(),
+                            kernel.image.clone(),
+                            kernel.run_dir.clone(),
+                            kernel.boots,
+                        )
+                    };
+                    let outcome = boot_guest(&image, &run_dir, &name, disable, boot, deadline);
+                    let mut kernels = lock();
+                    let kernel = &mut kernels[index];
+                    kernel.running -= 1;
+                    kernel.last_end = Some(Instant::now());
+                    match outcome {
+                        Ok(GuestExit::Finished) => {}
+                        Ok(GuestExit::Died(why)) => {
+                            let lost = lost_binaries(&run_dir, boot);
+                            if !kernel.gave_back {
+                                kernel.gave_back = true;
+                                let lost_names: Vec<String> = lost
+                                    .iter()
+                                    .map(|&i| short_name(&binaries[i].executable))
+                                    .collect();
+                                for &i in &lost {
+                                    let _ = fs::remove_dir(run_dir.join(CLAIMS).join(i.to_string()));
+                                }
+                                eprintln!(
+                                    "xtask: kernel {name}: guest {boot} died ({why}) while running {}; \
+                                     its unfinished binaries go to a fresh guest, once",
+                                    lost_names.join(" ")
+                                );
+                                println!(
+                                    "xtask: kernel {name}: guest died ({why}) during {}, rerun in a fresh guest",
+                                    lost_names.join(" ")
+                                );
+                            } else {
+                                kernel.failures.push(why);
+                            }
+                        }
+                        Ok(GuestExit::TimedOut(why)) => kernel.failures.push(why),
+                        Err(e) => kernel.failures.push(e),
+                    }
                 }
             });
         }
     });
-    let mut results = results
+    let kernels = kernels
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Report in the matrix's order, whatever order they finished in.
-    results.sort_by_key(|(name, _, _)| names.iter().position(|n| n == name));
-    Ok(results)
+    Ok(kernels
+        .into_iter()
+        .map(|kernel| {
+            let seconds = match (kernel.first_boot, kernel.last_end) {
+                (Some(start), Some(end)) => end.duration_since(start).as_secs_f64(),
+                _ => 0.0,
+            };
+            let result = kernel_report(&binaries, &kernel, seconds);
+            (kernel.name, result, seconds)
+        })
+        .collect())
 }
 
-/// Runs the whole test suite in a guest booted with kernel `name`; returns
-/// its totals. Fails if a binary fails, a test is ignored, or the guest
-/// does not report back.
-///
-/// A guest that dies (vng exits abnormally: seen twice on 6.12 under TCG on
-/// a loaded machine, with no panic and no test failure reported) is booted
-/// once more for the binaries it did not report, and that is said in the
-/// output; a binary that fails, or a guest that dies again or times out,
-/// fails the stage.
-fn run_suite_in_guest(
-    binaries: &[TestBinary],
-    workspace: &Path,
-    name: &str,
-    disable: bool,
-) -> Result<TestTotals> {
-    let started = Instant::now();
-    let run_dir = workspace.join("target/kernel-matrix").join(name);
-    let _ = fs::remove_dir_all(&run_dir);
-    fs::create_dir_all(&run_dir).map_err(|e| format!("creating {}: {e}", run_dir.display()))?;
-    let mut codes: Vec<Option<String>> = vec![None; binaries.len()];
-    let mut failures = Vec::new();
-    for boot in 1..=2 {
-        let pending: Vec<usize> = (0..binaries.len())
-            .filter(|&i| codes[i].is_none())
-            .collect();
-        let outcome = boot_guest(binaries, &pending, &run_dir, name, disable, boot)?;
-        for (index, code) in outcome.codes {
-            codes[index] = Some(code);
+/// How long the whole guest stage may take, from its first boot: no guest
+/// starts a binary after it, and a guest still running 3 min later is
+/// killed. CI allows 90 min for everything, and setup, builds, clippy and
+/// the host stage take about 15 min of it on a fresh machine. Measured
+/// (2026-12-07, two 1-vCPU guests at a time): 5.10 1 940 s in one guest
+/// while 6.1 (956 s) and 6.12 (1 010 s, two guests) shared the other
+/// slot, 292 tests each; the stage 2 015 s with the KVM probe.
+const STAGE_BUDGET: Duration = Duration::from_secs(60 * 60);
+
+/// How long after [`STAGE_BUDGET`] a guest may still run (its watchdog
+/// stops binaries at the budget, then the guest must power off and the
+/// host read its results) before the host kills it.
+const GUEST_GRACE: Duration = Duration::from_secs(3 * 60);
+
+/// The directory of a kernel's run directory where guests claim binaries.
+const CLAIMS: &str = "claims";
+
+/// The test binaries, slowest first, as measured in the guests: a guest
+/// takes them in this order, so that the long ones start early and the
+/// short ones fill the gaps at the end. Binaries not named here come after
+/// these, in cargo's order.
+const SLOWEST_FIRST: &[&str] = &[
+    "trace_e2e",
+    "conns_trace",
+    "serve_e2e",
+    "packets_capture",
+    "packets_output",
+    "serve_http",
+    "serve_hostile",
+    "serve_admission",
+    "serve_ratelimit",
+    "inband_capture",
+    "check",
+    "netray",
+    "conns_resolve",
+    "verifier_budget",
+];
+
+/// The plan every guest of a kernel works through: `INDEX\tDIR\tEXECUTABLE`
+/// lines, slowest binary first (see [`SLOWEST_FIRST`]).
+fn plan_text(binaries: &[TestBinary]) -> String {
+    let mut order: Vec<usize> = (0..binaries.len()).collect();
+    order.sort_by_key(|&i| {
+        let name = short_name(&binaries[i].executable);
+        SLOWEST_FIRST
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or(SLOWEST_FIRST.len())
+    });
+    order
+        .into_iter()
+        .map(|i| {
+            format!(
+                "{i}\t{}\t{}\n",
+                binaries[i].package_dir, binaries[i].executable
+            )
+        })
+        .collect()
+}
+
+/// One kernel's share of the guest stage.
+struct KernelRun {
+    name: String,
+    image: PathBuf,
+    run_dir: PathBuf,
+    /// Guests booted and not yet ended.
+    running: usize,
+    /// Guests booted so far (each one's number names its files).
+    boots: usize,
+    /// Whether a dead guest's unfinished binaries were given back already.
+    gave_back: bool,
+    /// Why the stage fails, besides what the binaries reported.
+    failures: Vec<String>,
+    first_boot: Option<Instant>,
+    last_end: Option<Instant>,
+}
+
+/// The kernel to boot the next guest for: among those with binaries no
+/// guest has taken, the one with the fewest guests running, then the most
+/// binaries left, then the first in the matrix's order (5.10, the slowest).
+/// A kernel whose stage has failed already (a guest that could not start,
+/// died a second time, or ran out of time) gets no more guests: a guest
+/// that cannot boot must not be retried until the budget is gone.
+fn next_kernel(kernels: &[KernelRun], binaries: usize) -> Option<usize> {
+    kernels
+        .iter()
+        .enumerate()
+        .filter(|(_, kernel)| kernel.failures.is_empty())
+        .map(|(index, kernel)| (index, kernel.running, unclaimed(&kernel.run_dir, binaries)))
+        .filter(|&(_, _, left)| left > 0)
+        .min_by_key(|&(index, running, left)| (running, std::cmp::Reverse(left), index))
+        .map(|(index, _, _)| index)
+}
+
+/// How many of the plan's `binaries` no guest has claimed yet.
+fn unclaimed(run_dir: &Path, binaries: usize) -> usize {
+    (0..binaries)
+        .filter(|i| !run_dir.join(CLAIMS).join(i.to_string()).exists())
+        .count()
+}
+
+/// The binaries guest `boot` claimed and did not report a result for.
+fn lost_binaries(run_dir: &Path, boot: usize) -> Vec<usize> {
+    let claimed = fs::read_to_string(run_dir.join(format!("claimed-{boot}"))).unwrap_or_default();
+    let reported: Vec<usize> = results(run_dir, Some(boot))
+        .into_iter()
+        .map(|r| r.index)
+        .collect();
+    claimed
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|i| !reported.contains(i))
+        .collect()
+}
+
+/// One line of a guest's `results-BOOT` file.
+struct BinaryResult {
+    index: usize,
+    /// The exit code, a signal, or [`TIMED_OUT`].
+    code: String,
+    seconds: f64,
+}
+
+/// The results every guest (or guest `boot` only) of a run directory wrote.
+fn results(run_dir: &Path, boot: Option<usize>) -> Vec<BinaryResult> {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(number) = file.strip_prefix("results-") else {
+            continue;
+        };
+        if boot.is_some_and(|b| number != b.to_string()) {
+            continue;
         }
-        let unreported = codes.iter().filter(|c| c.is_none()).count();
-        match outcome.exit {
-            GuestExit::Finished => break,
-            GuestExit::Died(ref why) if boot == 1 && unreported > 0 => {
-                eprintln!(
-                    "xtask: kernel {name}: the guest died ({why}) while running {}; \
-                     booting a fresh guest once for the {unreported} unreported test binaries",
-                    outcome.last_running
-                );
-                println!(
-                    "xtask: kernel {name}: guest died ({why}) during {}, rerun in a fresh guest",
-                    outcome.last_running
-                );
-            }
-            GuestExit::Died(why) | GuestExit::TimedOut(why) => {
-                failures.push(why);
-                break;
-            }
+        let text = fs::read_to_string(entry.path()).unwrap_or_default();
+        all.extend(text.lines().filter_map(|line| {
+            let mut fields = line.split('\t');
+            Some(BinaryResult {
+                index: fields.next()?.parse().ok()?,
+                code: fields.next()?.to_string(),
+                seconds: fields.next().and_then(|s| s.parse().ok()).unwrap_or(0.0),
+            })
+        }));
+    }
+    all
+}
+
+/// A kernel's verdict from what its guests left in its run directory:
+/// its totals, or why it failed (a binary failed or did not run to the
+/// end, a test was ignored or filtered out, a guest died or timed out).
+fn kernel_report(binaries: &[TestBinary], kernel: &KernelRun, seconds: f64) -> Result<TestTotals> {
+    let name = &kernel.name;
+    let mut codes: Vec<Option<(String, f64)>> = vec![None; binaries.len()];
+    for result in results(&kernel.run_dir, None) {
+        if let Some(slot) = codes.get_mut(result.index) {
+            *slot = Some((result.code, result.seconds));
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let mut failures = kernel.failures.clone();
     let mut totals = TestTotals::default();
     let mut unreported = Vec::new();
+    let mut timings = Vec::new();
     for (index, binary) in binaries.iter().enumerate() {
-        let log = run_dir.join(format!("{index}.log"));
+        let log = kernel.run_dir.join(format!("{index}.log"));
         let output = fs::read_to_string(&log).unwrap_or_default();
         print!("{output}");
+        let short = short_name(&binary.executable);
         match &codes[index] {
-            Some(code) => {
+            Some((code, secs)) => {
                 totals.add(test_totals(&output));
+                timings.push((short.clone(), *secs));
                 if code == TIMED_OUT {
                     failures.push(format!(
-                        "{} was killed at the guest's time limit ({} min a binary, {} min in all), still running: {} (log: {})",
-                        short_name(&binary.executable),
+                        "{short} was killed at its time limit ({} min a binary, or the stage's {} min), still running: {} (log: {})",
                         BINARY_TIMEOUT.as_secs() / 60,
-                        GUEST_RUN_BUDGET.as_secs() / 60,
+                        STAGE_BUDGET.as_secs() / 60,
                         running_tests(&output).join(" "),
                         log.display()
                     ));
                 } else if code != "0" {
-                    failures.push(format!(
-                        "{} exited {code} (log: {})",
-                        short_name(&binary.executable),
-                        log.display()
-                    ));
+                    failures.push(format!("{short} exited {code} (log: {})", log.display()));
                 }
             }
             None => {
                 let running = running_tests(&output);
                 if !running.is_empty() {
                     failures.push(format!(
-                        "{} had been running for over 60 s: {}",
-                        short_name(&binary.executable),
+                        "{short} had been running for over 60 s: {}",
                         running.join(" ")
                     ));
                 }
-                unreported.push(short_name(&binary.executable));
+                unreported.push(short);
             }
         }
     }
     if !unreported.is_empty() {
         failures.push(format!("did not run to the end: {}", unreported.join(" ")));
     }
+    timings.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest: Vec<String> = timings
+        .iter()
+        .take(6)
+        .map(|(n, s)| format!("{n} {s:.0}"))
+        .collect();
     eprintln!(
-        "xtask: kernel {name}: {} passed, {} failed, {} ignored in {elapsed:.0} s",
-        totals.passed, totals.failed, totals.ignored
+        "xtask: kernel {name}: {} passed, {} failed, {} ignored in {seconds:.0} s over {} guest(s); slowest binaries (s): {}",
+        totals.passed,
+        totals.failed,
+        totals.ignored,
+        kernel.boots,
+        slowest.join(", ")
     );
     if !failures.is_empty() {
         return Err(format!("kernel {name}: {}", failures.join("; ")));
@@ -390,65 +654,40 @@ enum GuestExit {
     Finished,
     /// vng exited abnormally (why, with the console log's path).
     Died(String),
-    /// Killed at [`GUEST_TIMEOUT`].
+    /// Killed [`GUEST_GRACE`] after the stage's budget.
     TimedOut(String),
 }
 
-/// What one boot of a guest reported.
-struct BootOutcome {
-    /// (binary index, exit code) for every binary that finished.
-    codes: Vec<(usize, String)>,
-    exit: GuestExit,
-    /// The binary running last, for messages.
-    last_running: String,
-}
-
-/// Boots one guest that runs the binaries `pending` (indices into
-/// `binaries`; each logs to `INDEX.log` in `run_dir`).
+/// Boots guest number `boot` of kernel `name`, which takes binaries from
+/// the plan in `run_dir` until none is left or the stage's `deadline`.
 fn boot_guest(
-    binaries: &[TestBinary],
-    pending: &[usize],
+    image: &Path,
     run_dir: &Path,
     name: &str,
     disable: bool,
     boot: usize,
-) -> Result<BootOutcome> {
-    let image = kernel_image(name)?;
-    let mut plan = String::new();
-    for &index in pending {
-        let binary = &binaries[index];
-        plan.push_str(&format!(
-            "{index}\t{}\t{}\n",
-            binary.package_dir, binary.executable
-        ));
-    }
-    fs::write(run_dir.join("plan"), plan).map_err(|e| format!("writing the plan: {e}"))?;
-    let _ = fs::remove_file(run_dir.join("results"));
-
+    deadline: Instant,
+) -> Result<GuestExit> {
     let xtask = env::current_exe().map_err(|e| format!("locating xtask: {e}"))?;
-    let console_log = run_dir.join(if boot == 1 {
-        "console.log".to_string()
-    } else {
-        format!("console-{boot}.log")
-    });
+    let console_log = run_dir.join(format!("console-{boot}.log"));
     let console =
         fs::File::create(&console_log).map_err(|e| format!("creating console log: {e}"))?;
     let console_err = console
         .try_clone()
         .map_err(|e| format!("console log: {e}"))?;
     eprintln!(
-        "xtask: kernel {name} ({}): booting a guest for {} test binaries",
-        image.display(),
-        pending.len()
+        "xtask: kernel {name} ({}): booting guest {boot}",
+        image.display()
     );
-    let mut child = vng(&image, run_dir, disable)
+    let seconds_left = deadline.saturating_duration_since(Instant::now()).as_secs();
+    let mut child = vng(image, run_dir, disable)
         .args(["--memory", "6G"])
         // The kernel's messages in the console log: a guest that dies or
         // hangs (seen on 6.12 and 6.1 under TCG) says why there.
         .arg("--verbose")
         .arg("--exec")
         .arg(format!(
-            "{} guest-run {}",
+            "{} guest-run {} {boot} {seconds_left}",
             shell_quote(&xtask.to_string_lossy()),
             shell_quote(&run_dir.to_string_lossy())
         ))
@@ -459,19 +698,11 @@ fn boot_guest(
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start vng (is virtme-ng installed?): {e}"))?;
-    let status = wait_until(&mut child, Instant::now() + GUEST_TIMEOUT)
+    let status = wait_until(&mut child, deadline + GUEST_GRACE)
         .map_err(|e| format!("waiting for vng: {e}"))?;
     if status.is_none() {
         kill_group(&mut child);
     }
-    let results = fs::read_to_string(run_dir.join("results")).unwrap_or_default();
-    let codes = results
-        .lines()
-        .filter_map(|line| {
-            let (index, code) = line.split_once('\t')?;
-            Some((index.parse().ok()?, code.to_string()))
-        })
-        .collect();
     let console_text = fs::read_to_string(&console_log).unwrap_or_default();
     let last_running = console_text
         .lines()
@@ -494,22 +725,18 @@ fn boot_guest(
     let kernel_said = kernel_trouble(&console_text)
         .map(|line| format!(", the kernel said {line:?}"))
         .unwrap_or_default();
-    let exit = match status {
+    Ok(match status {
         None => GuestExit::TimedOut(format!(
-            "the guest did not finish within {} min, last running {last_running}{kernel_said} (console: {})",
-            GUEST_TIMEOUT.as_secs() / 60,
+            "guest {boot} was still running {} min after the stage's {} min, last running {last_running}{kernel_said} (console: {})",
+            GUEST_GRACE.as_secs() / 60,
+            STAGE_BUDGET.as_secs() / 60,
             console_log.display()
         )),
         Some(s) if !s.success() => GuestExit::Died(format!(
-            "vng exited {s}{kernel_said} (console: {})",
+            "vng exited {s}, last running {last_running}{kernel_said} (console: {})",
             console_log.display()
         )),
         Some(_) => GuestExit::Finished,
-    };
-    Ok(BootOutcome {
-        codes,
-        exit,
-        last_running,
     })
 }
 
@@ -607,19 +834,12 @@ pub fn guest_prepare() -> Result {
 
 /// How long one test binary may run in a guest. The slowest measured:
 /// trace_e2e on 5.10 sharing the two cores with another guest, 647 s in
-/// one full run and over 1 200 s in another (the first try of this limit,
-/// 20 min, killed it in its last two tests). A binary that hangs (CI,
+/// one full run and over 1 200 s in another. A binary that hangs (CI,
 /// 2026-12-02: serve_e2e on 6.1 used up the guest's whole hour and left no
-/// word of which test hung) is killed at this limit, or before the guest's
-/// own [`GUEST_TIMEOUT`] (see [`GUEST_RUN_BUDGET`]), with what it was doing
-/// written to its log, and the guest goes on.
-const BINARY_TIMEOUT: Duration = Duration::from_secs(40 * 60);
-
-/// How long the binaries of one guest may run in all: the guest's limit
-/// less a margin for booting and for the host to read the results, so that
-/// a binary still running near the end is killed, and reported, by the
-/// guest's watchdog rather than silently with the whole guest.
-const GUEST_RUN_BUDGET: Duration = GUEST_TIMEOUT.saturating_sub(Duration::from_secs(3 * 60));
+/// word of which test hung) is killed at this limit, or at the end of the
+/// stage's [`STAGE_BUDGET`], with what it was doing written to its log, and
+/// the guest goes on.
+const BINARY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The exit "code" recorded for a binary killed at its time limit.
 const TIMED_OUT: &str = "timed-out";
@@ -750,16 +970,53 @@ fn running_tests(log: &str) -> Vec<String> {
     running
 }
 
-/// Inside the guest: runs every test binary of the plan in `run_dir`,
-/// output to `run_dir/N.log`, exit codes to `run_dir/results`.
-pub fn guest_run(run_dir: &Path) -> Result {
-    let budget_end = Instant::now() + GUEST_RUN_BUDGET;
+/// Puts a copy of `netray`, which the tests start hundreds of times, in
+/// memory and mounts it over the original. The guest's root is the host's
+/// over 9p without a page cache, so every start read its 15 MB again:
+/// measured under load, 10 starts of `netray --version` took 10.0 s from
+/// 9p and 2.3 s from tmpfs on 5.10 (4.3 and 1.2 s on 6.1).
+fn netray_from_memory(netray: &Path) -> Result {
+    if !netray.exists() {
+        return Ok(());
+    }
+    let dir = Path::new("/run/netray-bin");
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    crate::run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "netray-bin"])
+            .arg(dir),
+    )?;
+    let copy = dir.join("netray");
+    fs::copy(netray, &copy).map_err(|e| format!("copying {}: {e}", netray.display()))?;
+    crate::run(Command::new("mount").arg("--bind").arg(&copy).arg(netray))
+}
+
+/// Claims binary `index` of the plan in `run_dir` for this guest: true if
+/// no other guest had (`mkdir` succeeds for exactly one caller, on the
+/// host's filesystem as over 9p).
+fn claim(run_dir: &Path, index: &str) -> Result<bool> {
+    match fs::create_dir(run_dir.join(CLAIMS).join(index)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(format!("claiming binary {index}: {e}")),
+    }
+}
+
+/// Inside the guest (number `boot` of its kernel): takes the binaries of
+/// the plan in `run_dir` that no other guest has taken, in the plan's
+/// order, until none is left or `seconds` have passed; output to
+/// `run_dir/INDEX.log`, what it took to `claimed-BOOT`, exit codes and
+/// times to `results-BOOT`.
+pub fn guest_run(run_dir: &Path, boot: &str, seconds: u64) -> Result {
+    let budget_end = Instant::now() + Duration::from_secs(seconds);
     guest_prepare()?;
+    netray_from_memory(&crate::workspace_root().join("target/release/netray"))?;
     let plan =
         fs::read_to_string(run_dir.join("plan")).map_err(|e| format!("reading plan: {e}"))?;
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     eprintln!("guest: kernel {}", release.trim());
     let mut results = String::new();
+    let mut claimed = String::new();
     for line in plan.lines() {
         let mut fields = line.splitn(3, '\t');
         let (Some(index), Some(dir), Some(executable)) =
@@ -767,6 +1024,16 @@ pub fn guest_run(run_dir: &Path) -> Result {
         else {
             continue;
         };
+        if Instant::now() >= budget_end {
+            eprintln!("guest: the stage's time is up; leaving the rest of the plan");
+            break;
+        }
+        if !claim(run_dir, index)? {
+            continue;
+        }
+        claimed.push_str(&format!("{index}\n"));
+        fs::write(run_dir.join(format!("claimed-{boot}")), &claimed)
+            .map_err(|e| format!("writing claims: {e}"))?;
         let log_path = run_dir.join(format!("{index}.log"));
         let log = fs::File::create(&log_path).map_err(|e| format!("creating log: {e}"))?;
         let started = Instant::now();
@@ -786,14 +1053,12 @@ pub fn guest_run(run_dir: &Path) -> Result {
             Ok(child) => wait_or_kill(child, &log_path, budget_end),
             Err(e) => format!("cannot run: {e}"),
         };
-        eprintln!(
-            "guest: {executable}: exit {code} after {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-        results.push_str(&format!("{index}\t{code}\n"));
+        let elapsed = started.elapsed().as_secs_f64();
+        eprintln!("guest: {executable}: exit {code} after {elapsed:.0} s");
+        results.push_str(&format!("{index}\t{code}\t{elapsed:.1}\n"));
         // Written after every binary: a guest that dies later still tells
         // which binaries finished.
-        fs::write(run_dir.join("results"), &results)
+        fs::write(run_dir.join(format!("results-{boot}")), &results)
             .map_err(|e| format!("writing results: {e}"))?;
     }
     Ok(())
@@ -867,6 +1132,134 @@ mod tests {
                 .all(|l| l.contains(" state Z:")),
             "{left}"
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn binary(name: &str) -> TestBinary {
+        TestBinary {
+            executable: format!("/t/release/deps/{name}-0123abcd"),
+            package_dir: "/w/crates/netray".into(),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join(CLAIMS)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_plan_puts_the_slowest_binaries_first() {
+        let binaries = [
+            binary("zeta"),
+            binary("check"),
+            binary("trace_e2e"),
+            binary("alpha"),
+            binary("conns_trace"),
+        ];
+        let plan = plan_text(&binaries);
+        let order: Vec<&str> = plan
+            .lines()
+            .map(|l| l.split('\t').next().unwrap())
+            .collect();
+        // Named ones by measured cost, then the others in cargo's order.
+        assert_eq!(order, ["2", "4", "1", "0", "3"]);
+    }
+
+    #[test]
+    fn each_binary_is_claimed_by_exactly_one_guest() {
+        let dir = scratch("claims");
+        let won: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let guests: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..200)
+                            .filter(|i| claim(&dir, &i.to_string()).unwrap())
+                            .collect::<Vec<usize>>()
+                    })
+                })
+                .collect();
+            guests.into_iter().map(|g| g.join().unwrap()).collect()
+        });
+        let mut all: Vec<usize> = won.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..200).collect::<Vec<_>>());
+        assert_eq!(unclaimed(&dir, 200), 0);
+        assert_eq!(unclaimed(&dir, 203), 3);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn kernel(name: &str, run_dir: &Path, running: usize) -> KernelRun {
+        KernelRun {
+            name: name.into(),
+            image: PathBuf::new(),
+            run_dir: run_dir.into(),
+            running,
+            boots: running,
+            gave_back: false,
+            failures: Vec::new(),
+            first_boot: None,
+            last_end: None,
+        }
+    }
+
+    #[test]
+    fn the_next_guest_goes_where_fewest_run_and_most_is_left() {
+        let dirs: Vec<PathBuf> = ["a", "b", "c"]
+            .iter()
+            .map(|n| scratch(&format!("next-{n}")))
+            .collect();
+        // a: 1 of 4 binaries left, b: 3 left, c: none left.
+        for i in 0..3 {
+            claim(&dirs[0], &i.to_string()).unwrap();
+        }
+        claim(&dirs[1], "0").unwrap();
+        for i in 0..4 {
+            claim(&dirs[2], &i.to_string()).unwrap();
+        }
+        let mut kernels = vec![
+            kernel("a", &dirs[0], 0),
+            kernel("b", &dirs[1], 0),
+            kernel("c", &dirs[2], 0),
+        ];
+        assert_eq!(next_kernel(&kernels, 4), Some(1), "most left");
+        kernels[1].running = 1;
+        assert_eq!(next_kernel(&kernels, 4), Some(0), "fewest running");
+        kernels[0].running = 1;
+        assert_eq!(next_kernel(&kernels, 4), Some(1), "a tie: most left");
+        kernels[1].failures.push("its guest could not start".into());
+        assert_eq!(
+            next_kernel(&kernels, 4),
+            Some(0),
+            "a failed kernel gets no guest"
+        );
+        kernels[1].failures.clear();
+        claim(&dirs[0], "3").unwrap();
+        for i in 1..4 {
+            claim(&dirs[1], &i.to_string()).unwrap();
+        }
+        assert_eq!(next_kernel(&kernels, 4), None, "everything taken");
+        for dir in dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+
+    #[test]
+    fn a_dead_guest_lost_what_it_claimed_and_did_not_report() {
+        let dir = scratch("lost");
+        fs::write(dir.join("claimed-2"), "4\n0\n7\n").unwrap();
+        fs::write(dir.join("results-2"), "4\t0\t12.5\n").unwrap();
+        fs::write(dir.join("claimed-1"), "1\n").unwrap();
+        fs::write(dir.join("results-1"), "1\ttimed-out\t1800.0\n").unwrap();
+        assert_eq!(lost_binaries(&dir, 2), [0, 7]);
+        assert!(lost_binaries(&dir, 1).is_empty());
+        let mut all: Vec<(usize, String)> = results(&dir, None)
+            .into_iter()
+            .map(|r| (r.index, r.code))
+            .collect();
+        all.sort();
+        assert_eq!(all, [(1, TIMED_OUT.to_string()), (4, "0".to_string())]);
         let _ = fs::remove_dir_all(&dir);
     }
 }
