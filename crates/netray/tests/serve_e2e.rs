@@ -527,3 +527,47 @@ fn hop_names_come_from_reverse_dns() {
         ]
     );
 }
+
+/// Paths with real round trips: every link delayed with netem. Only kernels
+/// with netem run these (the kernel-matrix guests; `cargo xtask test` leaves
+/// this module out on a host kernel without netem and says so).
+mod needs_netem {
+    use super::*;
+
+    /// One-way delay of every link.
+    const LINK_DELAY: Duration = Duration::from_millis(5);
+
+    /// The server traces back over four delayed routers, one of them
+    /// silent: exact hops, and no RTT below what the links' delays allow.
+    fn delayed_chain_with_a_silent_router(family: Family) {
+        let mut topology = Topology::chain(4).router(3, RouterBehavior::Silent);
+        for link in 0..=4 {
+            topology = topology.delay(link, LINK_DELAY, Duration::ZERO);
+        }
+        let testbed = topology.build().expect("testbed with delayed links");
+        let _server = start_server(&testbed, &[]);
+        let result = trace_json(&testbed, family);
+        // Router 3 from the client is the server's second hop.
+        assert_hops(&result, &expected_path(&testbed, family, &[3]), None);
+        for (i, hop) in result["hops"].as_array().unwrap().iter().enumerate() {
+            let floor_ms = 2.0 * (i + 1) as f64 * LINK_DELAY.as_secs_f64() * 1000.0;
+            for rtt in hop["rtt_ms"].as_array().unwrap() {
+                assert!(
+                    rtt.as_f64().unwrap() >= floor_ms - 0.5,
+                    "TTL {}: faster than the links' delay {floor_ms} ms: {result:#}",
+                    i + 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ipv4_delayed_chain_with_a_silent_router() {
+        delayed_chain_with_a_silent_router(Family::V4);
+    }
+
+    #[test]
+    fn ipv6_delayed_chain_with_a_silent_router() {
+        delayed_chain_with_a_silent_router(Family::V6);
+    }
+}

@@ -65,6 +65,19 @@ struct TtlState {
     sent: u32,
 }
 
+/// One TTL's probes and replies so far (see [`Trace::progress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TtlProgress {
+    /// Somebody answered a probe of this TTL (a router, or the destination).
+    pub answered: bool,
+    /// The fastest reply to a probe of this TTL, in milliseconds.
+    pub fastest_ms: Option<f64>,
+    /// When the first probe of this TTL left (CLOCK_MONOTONIC ns).
+    pub first_sent_ns: Option<u64>,
+    /// When the latest probe of this TTL still unanswered left.
+    pub last_unanswered_sent_ns: Option<u64>,
+}
+
 /// What an event meant to the trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -282,21 +295,48 @@ impl Trace {
         self.ttls.get(usize::from(ttl).checked_sub(1)?)?.router
     }
 
-    /// TTLs worth more probes: up to the destination once it is known.
-    pub fn ttls_to_probe(&self) -> std::ops::RangeInclusive<u8> {
-        1..=self.destination_ttl().unwrap_or(self.config.max_hops)
-    }
-
-    /// Whether every probe that matters has been answered: nothing more to
-    /// wait for.
-    pub fn is_complete(&self) -> bool {
-        let Some(destination) = self.destination_ttl() else {
-            return false;
+    /// What each TTL (index `ttl - 1`, up to `max_hops`) has sent and
+    /// heard: what the completion rules ([`super::schedule`]) decide on.
+    pub fn progress(&self) -> Vec<TtlProgress> {
+        let unidentified_at = if self.destination_ttl.is_none() {
+            self.destination_ttl()
+        } else {
+            None
         };
-        self.probes
-            .values()
-            .filter(|p| p.ttl <= destination)
-            .all(|p| p.answered)
+        let mut progress: Vec<TtlProgress> = self
+            .ttls
+            .iter()
+            .zip(1u8..)
+            .map(|(state, ttl)| TtlProgress {
+                answered: state.router.is_some()
+                    || !state.destination_rtts.is_empty()
+                    || unidentified_at == Some(ttl),
+                fastest_ms: state
+                    .router_rtts
+                    .iter()
+                    .chain(&state.destination_rtts)
+                    .copied()
+                    .reduce(f64::min),
+                first_sent_ns: None,
+                last_unanswered_sent_ns: None,
+            })
+            .collect();
+        for probe in self.probes.values() {
+            let Some(ttl) = progress.get_mut(usize::from(probe.ttl) - 1) else {
+                continue;
+            };
+            ttl.first_sent_ns = Some(
+                ttl.first_sent_ns
+                    .map_or(probe.sent_ns, |t| t.min(probe.sent_ns)),
+            );
+            if !probe.answered {
+                ttl.last_unanswered_sent_ns = Some(
+                    ttl.last_unanswered_sent_ns
+                        .map_or(probe.sent_ns, |t| t.max(probe.sent_ns)),
+                );
+            }
+        }
+        progress
     }
 
     /// Replies that matched a probe / events that did not.
@@ -466,7 +506,7 @@ mod tests {
             let seq = t.probe_seq(ttl, 0);
             assert_eq!(t.on_event(&icmp(seq, router, 1_500_000)), Verdict::Matched);
         }
-        assert!(!t.is_complete());
+        assert!(!t.progress()[3].answered);
         // Probes with TTL 4..=8 all reach the peer; each is D-SACKed.
         for ttl in (4..=8).rev() {
             assert_eq!(
@@ -475,7 +515,15 @@ mod tests {
             );
         }
         assert_eq!(t.destination_ttl(), Some(4));
-        assert!(t.is_complete());
+        let progress = t.progress();
+        assert!(
+            progress
+                .iter()
+                .take(8)
+                .all(|p| p.answered && p.last_unanswered_sent_ns.is_none())
+        );
+        assert_eq!(progress[0].fastest_ms, Some(0.5));
+        assert_eq!(progress[3].fastest_ms, Some(1.0));
         let hops = t.final_hops();
         assert_eq!(hops.len(), 4);
         assert_eq!(hops[0].addr, Some("10.0.0.1".parse().unwrap()));
@@ -530,8 +578,11 @@ mod tests {
             t.on_event(&dsack(t.probe_seq(4, attempt), 1_300_000));
         }
         assert_eq!(t.destination_ttl(), Some(4));
-        // TTL 2's probes never answered: not complete until the grace period ends.
-        assert!(!t.is_complete());
+        // TTL 2's probes never answered: the schedule waits them out.
+        let progress = t.progress();
+        assert!(!progress[1].answered);
+        assert_eq!(progress[1].first_sent_ns, Some(1_000_000));
+        assert_eq!(progress[1].last_unanswered_sent_ns, Some(1_000_000));
         let hops = t.final_hops();
         assert_eq!(hops[1].addr, None);
         assert_eq!(hops[1].sent, 2);
@@ -668,6 +719,5 @@ mod tests {
         let hops = t.final_hops();
         assert_eq!(hops.len(), 5);
         assert!(hops.iter().all(|h| !h.destination));
-        assert_eq!(t.ttls_to_probe(), 1..=5);
     }
 }

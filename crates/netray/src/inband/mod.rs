@@ -4,6 +4,8 @@
 //! - [`capture`]: the XDP/TC programs that watch traced flows and catch ICMP.
 //! - [`probe`]: probe packets and TCP option parsing.
 //! - [`engine`]: one trace's state: matching replies, building the hop list.
+//! - [`schedule`]: the completion rules: which probes go out when, how long
+//!   silence is waited out, when a trace is done.
 //! - [`sender`]: raw sockets that send the probes.
 //! - [`rdns`]: reverse DNS of hop addresses, cached across traces.
 //! - [`shared`]: routers learned by recent traces, shared with the next ones.
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod model;
 pub mod probe;
 pub mod rdns;
+pub mod schedule;
 pub mod sender;
 pub mod shared;
 pub mod tracer;

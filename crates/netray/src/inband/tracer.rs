@@ -1,10 +1,10 @@
 //! The in-band tracer: the [`PathTracer`] behind `netray serve`.
 //!
-//! For each connection it waits until nothing is in flight, sends one probe
-//! per TTL at once, then, as soon as the destination is known, the remaining
-//! probes for the TTLs up to it, and collects replies until every probe that
-//! matters is answered or a grace period ends. A trace takes about two round
-//! trips, plus the grace period when a hop stays silent.
+//! For each connection it waits until nothing is in flight, then probes and
+//! collects replies as the [`schedule`](super::schedule) says: round one at
+//! once, the rest as replies come in, silence waited out relative to the
+//! round trips around it. Where every hop answers, a trace takes one round
+//! trip (two when the peer's distance cannot be guessed).
 
 use std::{
     collections::HashMap,
@@ -12,7 +12,7 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
@@ -28,6 +28,7 @@ use super::{
     model::{TraceResult, TraceSnapshot},
     probe::ProbeTemplate,
     rdns::ReverseDns,
+    schedule::{ProbeKind, Schedule, Timing, destination_guess},
     sender::ProbeSender,
     shared::{IcmpBudgets, SharedHops},
 };
@@ -40,11 +41,8 @@ pub struct TracerConfig {
     /// How long to wait for the connection to go idle (nothing in flight)
     /// before giving up.
     pub idle_timeout: Duration,
-    /// Shortest wait for late replies after the last probe (the wait is ten
-    /// times the largest round trip seen, within `grace_min..=grace_max`).
-    pub grace_min: Duration,
-    /// Longest wait for late replies after the last probe.
-    pub grace_max: Duration,
+    /// How long silence is waited out (see [`super::schedule`]).
+    pub timing: Timing,
     /// Look up hop names (reverse DNS, in the background). Off: no DNS
     /// queries at all and no hostnames.
     pub reverse_dns: bool,
@@ -55,8 +53,7 @@ impl Default for TracerConfig {
         Self {
             engine: EngineConfig::default(),
             idle_timeout: Duration::from_secs(3),
-            grace_min: Duration::from_millis(30),
-            grace_max: Duration::from_millis(1500),
+            timing: Timing::default(),
             reverse_dns: true,
         }
     }
@@ -92,6 +89,8 @@ struct Inner {
     shared: SharedHops,
     budgets: IcmpBudgets,
     counters: Counters,
+    /// Traces probing now.
+    probing: AtomicUsize,
     /// One trace per connection; a finished trace stays while its connection lives.
     traces: Mutex<HashMap<ConnectionKey, TraceEntry>>,
 }
@@ -119,6 +118,7 @@ impl InbandTracer {
                 shared: SharedHops::default(),
                 budgets: IcmpBudgets::default(),
                 counters: Counters::default(),
+                probing: AtomicUsize::new(0),
                 traces: Mutex::new(HashMap::new()),
             }),
         })
@@ -289,6 +289,22 @@ fn unacked_packets(socket: &OwnedFd) -> std::io::Result<u32> {
     Ok(info.tcpi_unacked)
 }
 
+/// What the connection tells about the path before the first probe.
+#[derive(Clone, Copy, Debug, Default)]
+struct PathHints {
+    /// Our TCP's smoothed RTT of the connection (TCP_INFO), if measured.
+    rtt: Option<Duration>,
+    /// The destination's TTL guessed from the TTL the peer's segments
+    /// arrive with.
+    destination_guess: Option<u8>,
+}
+
+/// Our TCP's smoothed RTT of the connection, if it has measured one.
+fn smoothed_rtt(socket: &OwnedFd) -> Option<Duration> {
+    let info = tcp_info(socket).ok()?;
+    (info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
+
 /// Whether the peer of this socket's connection may still be on its
 /// 4-tuple without having sent its FIN (include/net/tcp_states.h:
 /// ESTABLISHED 1, FIN_WAIT1 4, FIN_WAIT2 5, CLOSE_WAIT 8). In any other
@@ -321,13 +337,14 @@ fn tcp_info(socket: &OwnedFd) -> std::io::Result<libc::tcp_info> {
 }
 
 /// Waits until nothing is in flight and the capture knows the flow well
-/// enough to forge a probe.
+/// enough to forge a probe; returns the template and what the connection
+/// tells about the path.
 async fn wait_for_template(
     connection: &Connection,
     key: ConnectionKey,
     subscription: &FlowSubscription,
     timeout: Duration,
-) -> Result<ProbeTemplate, TraceError> {
+) -> Result<(ProbeTemplate, PathHints), TraceError> {
     let deadline = Instant::now() + timeout;
     loop {
         let unacked = unacked_packets(&connection.socket)
@@ -338,7 +355,11 @@ async fn wait_for_template(
         let template =
             ProbeTemplate::from_flow(key.0.ip(), key.1.ip(), key.0.port(), key.1.port(), &state);
         if let (Ok(template), 0) = (&template, unacked) {
-            return Ok(*template);
+            let hints = PathHints {
+                rtt: smoothed_rtt(&connection.socket),
+                destination_guess: destination_guess(state.peer_ttl),
+            };
+            return Ok((*template, hints));
         }
         if Instant::now() >= deadline {
             let why = match template {
@@ -379,15 +400,34 @@ async fn run_round(
     // Late replies to an earlier round of this flow are not answers to this one.
     while subscription.events.try_recv().is_ok() {}
     let config = inner.config;
-    let template = wait_for_template(connection, key, subscription, config.idle_timeout).await?;
+    let (template, hints) =
+        wait_for_template(connection, key, subscription, config.idle_timeout).await?;
     subscription
         .set_armed(true)
         .map_err(|e| TraceError::Internal(format!("arming the flow: {e:#}")))?;
-    let result = probe_and_collect(inner, connection, key, subscription, &template, tx).await;
+    let result =
+        probe_and_collect(inner, connection, key, subscription, &template, hints, tx).await;
     if let Err(error) = subscription.set_armed(false) {
         debug!(peer = %key.1, "disarming the flow: {error:#}");
     }
     result
+}
+
+/// Counts a trace as probing while it lives.
+struct Probing<'a>(&'a AtomicUsize);
+
+impl<'a> Probing<'a> {
+    /// Starts probing; also returns how many other traces are probing.
+    fn start(count: &'a AtomicUsize) -> (Self, usize) {
+        let others = count.fetch_add(1, Relaxed);
+        (Self(count), others)
+    }
+}
+
+impl Drop for Probing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 async fn probe_and_collect(
@@ -396,71 +436,72 @@ async fn probe_and_collect(
     key: ConnectionKey,
     subscription: &mut FlowSubscription,
     template: &ProbeTemplate,
+    hints: PathHints,
     tx: &watch::Sender<TraceSnapshot>,
 ) -> Result<TraceResult, TraceError> {
     let config = inner.config;
     let started = Instant::now();
     let mut trace = Trace::new(config.engine, template);
-    let max_hops = trace.config().max_hops;
-    let probes_per_ttl = trace.config().probes_per_ttl.max(1);
-
-    // Round 1: one probe per TTL, all at once.
+    // The other probes of each TTL go out with the first ones only while
+    // no other trace is probing: concurrent traces spend the same routers'
+    // ICMP budgets, and spread over two rounds, more of them hear each
+    // router (see `shared`).
+    let (_probing, others) = Probing::start(&inner.probing);
+    let guess = if others == 0 {
+        hints.destination_guess
+    } else {
+        None
+    };
+    let mut schedule = Schedule::new(
+        config.timing,
+        trace.config(),
+        hints.rtt,
+        guess,
+        monotonic_ns(),
+    );
     let mut sent = 0;
-    for ttl in 1..=max_hops {
-        send_probe(inner, template, &mut trace, ttl, 0)?;
+    for probe in schedule.first_round() {
+        send_probe(inner, template, &mut trace, probe.ttl, probe.attempt)?;
         sent += 1;
     }
-    let round1_deadline = Instant::now() + config.grace_max;
-    let mut max_rtt = Duration::ZERO;
-    // Collect until the destination is known (or round 1 times out).
-    collect_until(
-        subscription,
-        &mut trace,
-        round1_deadline,
-        |t| t.destination_ttl().is_some(),
-        &mut max_rtt,
-        inner,
-        tx,
-    )
-    .await;
-
-    // Round 2: the other probes, for the TTLs up to the destination.
-    if probes_per_ttl > 1 {
-        // Probes while data is in flight would read to our TCP as duplicate
-        // ACKs; give a streaming response a moment to be acknowledged.
-        let idle_deadline = Instant::now() + Duration::from_millis(200);
-        while unacked_packets(&connection.socket).unwrap_or(0) > 0 && Instant::now() < idle_deadline
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        for attempt in 1..probes_per_ttl {
-            for ttl in trace.ttls_to_probe() {
+    let mut more_since: Option<Instant> = None;
+    loop {
+        let step = schedule.step(&trace, monotonic_ns());
+        for probe in step.send {
+            if probe.kind == ProbeKind::More {
+                // Probes while data is in flight would read to our TCP as
+                // duplicate ACKs; give a streaming response a moment to be
+                // acknowledged (once per trace).
+                let since = *more_since.get_or_insert_with(Instant::now);
+                while since.elapsed() < Duration::from_millis(200)
+                    && unacked_packets(&connection.socket).unwrap_or(0) > 0
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
                 // Hop already heard and its router out of ICMP budget: the
                 // probe would only take a token another trace needs (or go
                 // unanswered and read as loss).
-                if trace.router_at(ttl).is_some_and(|r| inner.budgets.spent(r)) {
+                if trace
+                    .router_at(probe.ttl)
+                    .is_some_and(|r| inner.budgets.spent(r))
+                {
                     inner.counters.probes_held_back.fetch_add(1, Relaxed);
                     continue;
                 }
-                send_probe(inner, template, &mut trace, ttl, attempt)?;
-                sent += 1;
             }
+            send_probe(inner, template, &mut trace, probe.ttl, probe.attempt)?;
+            sent += 1;
+        }
+        if step.done {
+            break;
+        }
+        let wake_in = step.wake_at_ns.map_or(config.timing.max_wait, |at| {
+            Duration::from_nanos(at.saturating_sub(monotonic_ns()))
+        });
+        if !collect_for(subscription, &mut trace, wake_in, inner, tx).await {
+            break;
         }
     }
-    // Like traceroute's NEAR wait: once later hops answered within some RTT,
-    // a reply slower than ten times that is not coming.
-    let grace = (max_rtt * 10).clamp(config.grace_min, config.grace_max);
-    let deadline = Instant::now() + grace;
-    collect_until(
-        subscription,
-        &mut trace,
-        deadline,
-        Trace::is_complete,
-        &mut max_rtt,
-        inner,
-        tx,
-    )
-    .await;
     debug!(peer = %key.1, sent, elapsed = ?started.elapsed(), "trace finished");
     let c = &inner.counters;
     c.peer_segments_unacceptable
@@ -523,49 +564,38 @@ const LATE_EVENTS_MAX: usize = 4096;
 /// How long to wait for the capture's reader to catch up at a deadline.
 const CATCH_UP_MAX: Duration = Duration::from_secs(2);
 
-/// Feeds the trace its flow's events until `done` holds or `deadline`
-/// passes. At the deadline, the events the kernel had already queued still
-/// count: the deadline is userspace time, and on a busy machine the ring
+/// Feeds the trace its flow's events for up to `wait`, returning after the
+/// first batch of events (the schedule then looks again) or when the wait is
+/// over. At the end of the wait, the events the kernel had already queued
+/// still count: the wait is userspace time, and on a busy machine the ring
 /// buffer's reader or this task can run seconds behind replies that arrived
 /// in time (every reply to 90 probes lost that way at 200 concurrent traces
-/// in a loaded guest).
-async fn collect_until(
+/// in a loaded guest). Returns false when the capture is gone.
+async fn collect_for(
     subscription: &mut FlowSubscription,
     trace: &mut Trace,
-    deadline: Instant,
-    done: impl Fn(&Trace) -> bool,
-    max_rtt: &mut Duration,
+    wait: Duration,
     inner: &Inner,
     tx: &watch::Sender<TraceSnapshot>,
-) {
-    while !done(trace) {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(wait, subscription.events.recv()).await {
-            Ok(Some(event)) => on_event(&event, trace, max_rtt, inner, tx),
-            Ok(None) => return,
-            Err(_elapsed) => break,
-        }
+) -> bool {
+    match tokio::time::timeout(wait, subscription.events.recv()).await {
+        Ok(Some(event)) => on_event(&event, trace, inner, tx),
+        Ok(None) => return false,
+        Err(_elapsed) => subscription.deliver_pending(CATCH_UP_MAX).await,
     }
-    if done(trace) {
-        return;
-    }
-    subscription.deliver_pending(CATCH_UP_MAX).await;
     for _ in 0..LATE_EVENTS_MAX {
-        if done(trace) {
-            return;
-        }
         let Ok(event) = subscription.events.try_recv() else {
-            return;
+            break;
         };
-        on_event(&event, trace, max_rtt, inner, tx);
+        on_event(&event, trace, inner, tx);
     }
+    true
 }
 
 /// One event of the traced flow: into the trace, then into the shared view.
 fn on_event(
     event: &netray_common::inband::InbandEvent,
     trace: &mut Trace,
-    max_rtt: &mut Duration,
     inner: &Inner,
     tx: &watch::Sender<TraceSnapshot>,
 ) {
@@ -585,9 +615,6 @@ fn on_event(
             inner.counters.matched.fetch_add(1, Relaxed);
             let mut hops = trace.hops();
             for hop in &hops {
-                if let Some(rtt) = hop.rtt_ms.iter().copied().reduce(f64::max) {
-                    *max_rtt = (*max_rtt).max(Duration::from_secs_f64(rtt / 1e3));
-                }
                 if let Some(addr) = hop.addr {
                     inner.rdns.lookup_in_background(addr);
                 }
