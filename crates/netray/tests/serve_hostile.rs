@@ -7,6 +7,10 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -242,6 +246,10 @@ fn blind_rsts_do_not_reach_the_destination() {
         .run(move || {
             let stream = connect(addr, None).unwrap();
             let client_port = stream.local_addr().unwrap().port();
+            // The trace gives up on the silent destination within a few
+            // round trips: spray until the answer is in.
+            let answered = Arc::new(AtomicBool::new(false));
+            let done = Arc::clone(&answered);
             let forger = std::thread::spawn(move || {
                 let seed = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -250,7 +258,9 @@ fn blind_rsts_do_not_reach_the_destination() {
                     | 1;
                 let mut rng = Xorshift(seed);
                 let mut sent = 0;
-                for i in 0..60 {
+                let mut i = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    i += 1;
                     let segment = Segment {
                         src: client_ip,
                         dst: server_ip,
@@ -265,16 +275,17 @@ fn blind_rsts_do_not_reach_the_destination() {
                     if segment.send().is_ok() {
                         sent += 1;
                     }
-                    std::thread::sleep(Duration::from_millis(40));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 sent
             });
             let (status, body) = exchange(stream, "/trace.json").unwrap();
+            answered.store(true, Ordering::Relaxed);
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
             (json(&body), forger.join().unwrap())
         })
         .unwrap();
-    assert_eq!(forged, 60, "the forger could not send");
+    assert!(forged > 0, "the forger could not send");
     assert_eq!(
         result["destination_reached"], false,
         "a blind RST ended the trace: {result:#}"
