@@ -268,7 +268,7 @@ fn blind_rsts_do_not_reach_the_destination() {
                         dport: PORT,
                         seq: rng.next(),
                         ack: rng.next(),
-                        flags: if i % 2 == 0 { RST } else { RST | ACK },
+                        flags: if i.is_multiple_of(2) { RST } else { RST | ACK },
                         ttl: 64,
                         payload: Vec::new(),
                     };

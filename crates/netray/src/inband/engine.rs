@@ -410,18 +410,7 @@ mod tests {
     const PEER: &str = "198.51.100.7";
 
     fn template() -> ProbeTemplate {
-        ProbeTemplate {
-            local: "192.0.2.1".parse().unwrap(),
-            peer: PEER.parse().unwrap(),
-            local_port: 443,
-            peer_port: 40000,
-            ack: 5000,
-            acked: 10_000,
-            window: 100,
-            tos: 0,
-            flow_label: 0,
-            timestamps: None,
-        }
+        ProbeTemplate::example()
     }
 
     fn v4(addr: &str) -> [u8; 16] {

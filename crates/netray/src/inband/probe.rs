@@ -63,6 +63,26 @@ pub enum TemplateError {
     },
 }
 
+#[cfg(test)]
+impl ProbeTemplate {
+    /// The template the engine's and the schedule's unit tests trace with:
+    /// the peer 198.51.100.7 at ack 5000, probes below 10 000.
+    pub(crate) fn example() -> Self {
+        ProbeTemplate {
+            local: "192.0.2.1".parse().unwrap(),
+            peer: "198.51.100.7".parse().unwrap(),
+            local_port: 443,
+            peer_port: 40000,
+            ack: 5000,
+            acked: 10_000,
+            window: 100,
+            tos: 0,
+            flow_label: 0,
+            timestamps: None,
+        }
+    }
+}
+
 impl ProbeTemplate {
     /// Builds the template from what the kernel programs saw of the flow.
     pub fn from_flow(
