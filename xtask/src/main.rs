@@ -7,11 +7,13 @@
 //!   kernel and in QEMU guests booted with Debian's distribution kernels
 //!   (default: all); fails if any test failed or was skipped on any kernel.
 //! - `cargo xtask vm --kernel 6.1 -- CMD...`: one command in such a guest.
-//! - `cargo xtask bench`: setup, then the benchmarks (figures, not pass/fail).
+//! - `cargo xtask bench`: setup, then the benchmarks (figures, not pass/fail),
+//!   the one of delayed paths in a Debian 6.1 guest.
 //!
 //! Setup downloads nothing but crates, Debian packages (the 5.10 kernel from
 //! Debian 11's suite of the same archive), virtme-ng from PyPI and the
-//! nightly toolchain's `rust-src` component.
+//! nightly toolchain's `rust-src` component; `bench` also builds trippy from
+//! crates.io.
 
 mod matrix;
 
@@ -40,7 +42,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // The connection tracer's tests run python3 client/server processes.
     "python3-minimal",
+    // The delayed-path benchmark compares netray with scamper (TCP traces).
+    "scamper",
 ];
+
+/// trippy, one of the traceroute tools the delayed-path benchmark compares
+/// with (crates.io; builds with the workspace's rustc 1.95), installed by
+/// `cargo xtask bench` into `target/tools` (see [`install_trippy`]).
+const TRIPPY_VERSION: &str = "0.13.0";
 
 /// The bpf-linker version that matches rustc's LLVM (see DEVELOPERS.md).
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -77,6 +86,13 @@ fn main() -> ExitCode {
             _ => Err("guest-run RUN_DIR BOOT SECONDS".to_string()),
         },
         "guest-prepare" => matrix::guest_prepare(),
+        "guest-bench" => match args.get(1) {
+            Some(bench) => {
+                let extra: Vec<&Path> = args[2..].iter().map(Path::new).collect();
+                matrix::guest_bench(Path::new(bench), &extra)
+            }
+            None => Err("guest-bench BENCH_EXECUTABLE [BINARY...]".to_string()),
+        },
         "help" | "--help" | "-h" => {
             println!(
                 "usage: cargo xtask <setup [--kernels]|demo|test [--kernel host|guests|5.10|6.1|6.12|all]|bench|vm --kernel K -- CMD>"
@@ -259,8 +275,15 @@ fn demo(extra: &[String]) -> Result {
 }
 
 /// Runs the benchmarks (root needed: they build namespaces and load eBPF):
-/// in-band traceroute, packet tracer, connection tracer, outbound trace.
+/// in-band traceroute, packet tracer, connection tracer, outbound trace on
+/// the host; then the traceroute tools on delayed paths (netem, which this
+/// project's host kernel lacks) in a Debian 6.1 guest.
 fn bench() -> Result {
+    host_benches()?;
+    delay_bench()
+}
+
+fn host_benches() -> Result {
     let mut cmd = cargo();
     cmd.args([
         "bench",
@@ -279,6 +302,74 @@ fn bench() -> Result {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
     run(&mut cmd)
+}
+
+/// `trace_delay` (traceroute tools on paths with real round trips) in a
+/// 6.1 guest: trippy installed first, the bench built on the host, then run
+/// in the guest with netray and trippy read from memory.
+/// `NETRAY_BENCH_ROUNDS` (default 5) is passed on.
+fn delay_bench() -> Result {
+    let trip = install_trippy()?;
+    setup_kernels()?;
+    let out = cargo()
+        .args([
+            "bench",
+            "--package",
+            "netray",
+            "--bench",
+            "trace_delay",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo bench --no-run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo bench --no-run failed: {}", out.status));
+    }
+    let executable = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "trace_delay")
+        .and_then(|m| m["executable"].as_str().map(str::to_string))
+        .ok_or("cargo bench --no-run named no trace_delay executable")?;
+    let xtask = env::current_exe().map_err(|e| format!("locating xtask: {e}"))?;
+    let mut command = vec!["env".to_string()];
+    if let Ok(rounds) = env::var("NETRAY_BENCH_ROUNDS") {
+        command.push(format!("NETRAY_BENCH_ROUNDS={rounds}"));
+    }
+    command.extend([
+        xtask.to_string_lossy().into_owned(),
+        "guest-bench".into(),
+        executable,
+        trip.to_string_lossy().into_owned(),
+    ]);
+    eprintln!("xtask bench: traceroute tools on delayed paths, in a Debian 6.1 guest");
+    matrix::run_command_in_guest(&workspace_root(), "6.1", &command)?;
+    eprintln!(
+        "xtask bench: the delayed-path figures are also in {}",
+        matrix::BENCH_REPORT
+    );
+    Ok(())
+}
+
+/// Installs trippy [`TRIPPY_VERSION`] from crates.io into `target/tools`
+/// unless it is there already; returns the path of its `trip`.
+fn install_trippy() -> Result<PathBuf> {
+    let root = workspace_root().join("target/tools");
+    let trip = root.join("bin/trip");
+    let installed = output(Command::new(&trip).arg("--version")).unwrap_or_default();
+    if installed.split_whitespace().nth(1) != Some(TRIPPY_VERSION) {
+        run(Command::new("cargo")
+            .args([
+                "install",
+                &format!("trippy@{TRIPPY_VERSION}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(&root))?;
+    }
+    Ok(trip)
 }
 
 /// Installs what the kernel matrix's guests need: QEMU, busybox (virtme-ng's

@@ -976,7 +976,14 @@ fn running_tests(log: &str) -> Vec<String> {
 /// measured under load, 10 starts of `netray --version` took 10.0 s from
 /// 9p and 2.3 s from tmpfs on 5.10 (4.3 and 1.2 s on 6.1).
 fn netray_from_memory(netray: &Path) -> Result {
-    if !netray.exists() {
+    binaries_from_memory(&[netray])
+}
+
+/// [`netray_from_memory`] for several binaries (those missing are left
+/// alone): one tmpfs, a copy of each mounted over its original.
+fn binaries_from_memory(binaries: &[&Path]) -> Result {
+    let present: Vec<&Path> = binaries.iter().copied().filter(|b| b.exists()).collect();
+    if present.is_empty() {
         return Ok(());
     }
     let dir = Path::new("/run/netray-bin");
@@ -986,10 +993,69 @@ fn netray_from_memory(netray: &Path) -> Result {
             .args(["-t", "tmpfs", "netray-bin"])
             .arg(dir),
     )?;
-    let copy = dir.join("netray");
-    fs::copy(netray, &copy).map_err(|e| format!("copying {}: {e}", netray.display()))?;
-    crate::run(Command::new("mount").arg("--bind").arg(&copy).arg(netray))
+    for (i, binary) in present.into_iter().enumerate() {
+        let name = binary.file_name().unwrap_or_default().to_string_lossy();
+        let copy = dir.join(format!("{i}-{name}"));
+        fs::copy(binary, &copy).map_err(|e| format!("copying {}: {e}", binary.display()))?;
+        crate::run(Command::new("mount").arg("--bind").arg(&copy).arg(binary))?;
+    }
+    Ok(())
 }
+
+/// Inside the guest: runs benchmark executable `bench` (`--bench`, from
+/// its package's directory as `cargo bench` does), with `netray` and the
+/// other tools it starts many times (`extra`) read from memory (see
+/// [`netray_from_memory`]), so that their start-up is not that of 9p.
+pub fn guest_bench(bench: &Path, extra: &[&Path]) -> Result {
+    let workspace = crate::workspace_root();
+    let netray = workspace.join("target/release/netray");
+    let mut binaries = vec![netray.as_path()];
+    binaries.extend_from_slice(extra);
+    binaries_from_memory(&binaries)?;
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    eprintln!(
+        "guest: kernel {}, running {}",
+        release.trim(),
+        bench.display()
+    );
+    let package_dir = workspace.join("crates/netray");
+    let mut child = Command::new(bench)
+        .arg("--bench")
+        .current_dir(&package_dir)
+        .env("CARGO_MANIFEST_DIR", &package_dir)
+        .env("NETRAY_KERNEL_STAGE", "guest")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", bench.display()))?;
+    // The figures, also in a file: the guest's console mixes them with
+    // the host's messages.
+    let report = workspace.join(BENCH_REPORT);
+    if let Some(dir) = report.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let mut file =
+        fs::File::create(&report).map_err(|e| format!("creating {}: {e}", report.display()))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let line = line.map_err(|e| format!("reading the benchmark's output: {e}"))?;
+            println!("{line}");
+            std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes())
+                .map_err(|e| format!("writing {}: {e}", report.display()))?;
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {}: {e}", bench.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed: {status}", bench.display()))
+    }
+}
+
+/// Where [`guest_bench`] writes the delayed-path benchmark's figures too
+/// (relative to the workspace).
+pub const BENCH_REPORT: &str = "target/bench/trace_delay.txt";
 
 /// Claims binary `index` of the plan in `run_dir` for this guest: true if
 /// no other guest had (`mkdir` succeeds for exactly one caller, on the
