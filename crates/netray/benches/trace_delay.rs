@@ -25,11 +25,13 @@
 //! For each: wall time (process start to exit, `ip netns exec` included; for
 //! `netray serve` the HTTP fetch), probing time where the tool reports it
 //! (netray's `elapsed_ms`: first probe to result), the probes the tool says
-//! it sent, the probes counted on the wire (IP packets with a TTL below 64
-//! entering the first router from the tracing host, counted by an
-//! nftables counter there: every probe of every tool, whatever socket sent
-//! it, and none of the connection's own packets), and whether its hop list
-//! (first responder per TTL) is the path.
+//! it sent, the packets with a TTL below 64 entering the first router from
+//! the tracing host (an nftables counter there: every probe of every tool,
+//! whatever socket sent it, and none of a connection's own packets, which
+//! hosts send with 64; trippy's TCP probes are connect() calls, so its
+//! count also holds the ACK and FIN its kernel sends, with the probe's TTL,
+//! when a probe reaches the server), and whether its hop list (first
+//! responder per TTL) is the path.
 
 use std::{
     io::Read as _,
@@ -179,7 +181,7 @@ impl Drop for LocalResolver {
     }
 }
 
-/// Counts probes on the wire: IP packets with a TTL (hop limit) below 64
+/// Counts what goes on the wire with a low TTL: IP packets with a TTL (hop limit) below 64
 /// that router `k` receives on link `link`, i.e. from the tracing host next
 /// to it. Hosts send their own packets with 64; only traceroute probes
 /// (and what a tool's TCP socket with a lowered TTL sends) go lower.
@@ -269,7 +271,7 @@ struct Run {
     probing: Option<f64>,
     /// Probes the tool says it sent.
     tool_probes: Option<u64>,
-    /// Probes counted on the wire.
+    /// Packets with a TTL below 64 counted on the wire (see [`WireCounter`]).
     wire_probes: u64,
     /// First responder per TTL.
     hops: Vec<Option<IpAddr>>,
@@ -728,7 +730,7 @@ fn run_case(case: &Case, tools: &[Tool], trip: Option<&str>, rounds: usize) {
         "probing ms",
         "start-up ms",
         "probes tool",
-        "probes wire",
+        "TTL<64 pkts",
         "exact"
     );
     for (t, tool) in tools.iter().enumerate() {
@@ -817,8 +819,10 @@ fn main() {
          first probe to result (netray's elapsed_ms, trippy's report timestamps); start-up: \
          wall - probing; probes tool: what the tool says it sent (netray: sum of hops' sent; \
          traceroute: 3 per printed hop; mtr: sum of Snt; scamper: probe_count; trippy: sum of \
-         sent); probes wire: packets with TTL < 64 from the tracing host counted at the first \
-         router (medians); exact: runs whose hop list is the path"
+         sent); TTL<64 pkts: packets with a TTL below 64 from the tracing host, counted at the \
+         first router: every probe, however sent, and for trippy also the ACK and FIN that its \
+         connect() probes' sockets send with the probe's TTL after the server's SYN-ACK \
+         (medians); exact: runs whose hop list is the path"
     );
 
     let mut tools = vec![
