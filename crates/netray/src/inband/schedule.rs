@@ -102,7 +102,7 @@ pub fn destination_guess(peer_ttl: u8) -> Option<u8> {
 }
 
 /// The schedule of one trace.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Schedule {
     timing: Timing,
     max_hops: u8,

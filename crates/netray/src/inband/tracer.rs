@@ -466,6 +466,19 @@ async fn probe_and_collect(
     }
     let mut more_since: Option<Instant> = None;
     loop {
+        // Before the schedule retries or gives up on anything (it is done,
+        // or would send a retry), every reply the kernel queued in time
+        // counts: the schedule's clock is userspace time, and on a busy
+        // machine the ring buffer's reader or this task can run seconds
+        // behind replies that arrived in time (every reply to 90 probes
+        // lost that way at 200 concurrent traces in a loaded guest; in a
+        // one-vCPU guest, spurious retries that spent the routers' ICMP
+        // budgets). A dry run of the step tells.
+        let dry = schedule.clone().step(&trace, monotonic_ns());
+        if dry.done || dry.send.iter().any(|p| p.kind == ProbeKind::Retry) {
+            subscription.deliver_pending(CATCH_UP_MAX).await;
+            drain(subscription, &mut trace, inner, tx);
+        }
         let step = schedule.step(&trace, monotonic_ns());
         for probe in step.send {
             if probe.kind == ProbeKind::More {
@@ -557,8 +570,8 @@ fn send_probe(
     Ok(())
 }
 
-/// Events read after a deadline from what the kernel had queued before it,
-/// at most: a bound for a flood that outpaces us.
+/// Events fed to a trace in one go, at most: a bound for a flood that
+/// outpaces us.
 const LATE_EVENTS_MAX: usize = 4096;
 
 /// How long to wait for the capture's reader to catch up at a deadline.
@@ -566,11 +579,7 @@ const CATCH_UP_MAX: Duration = Duration::from_secs(2);
 
 /// Feeds the trace its flow's events for up to `wait`, returning after the
 /// first batch of events (the schedule then looks again) or when the wait is
-/// over. At the end of the wait, the events the kernel had already queued
-/// still count: the wait is userspace time, and on a busy machine the ring
-/// buffer's reader or this task can run seconds behind replies that arrived
-/// in time (every reply to 90 probes lost that way at 200 concurrent traces
-/// in a loaded guest). Returns false when the capture is gone.
+/// over. Returns false when the capture is gone.
 async fn collect_for(
     subscription: &mut FlowSubscription,
     trace: &mut Trace,
@@ -581,15 +590,26 @@ async fn collect_for(
     match tokio::time::timeout(wait, subscription.events.recv()).await {
         Ok(Some(event)) => on_event(&event, trace, inner, tx),
         Ok(None) => return false,
-        Err(_elapsed) => subscription.deliver_pending(CATCH_UP_MAX).await,
+        Err(_elapsed) => return true,
     }
+    drain(subscription, trace, inner, tx);
+    true
+}
+
+/// Feeds the trace the events already delivered, at most
+/// [`LATE_EVENTS_MAX`] (a bound for a flood that outpaces us).
+fn drain(
+    subscription: &mut FlowSubscription,
+    trace: &mut Trace,
+    inner: &Inner,
+    tx: &watch::Sender<TraceSnapshot>,
+) {
     for _ in 0..LATE_EVENTS_MAX {
         let Ok(event) = subscription.events.try_recv() else {
             break;
         };
         on_event(&event, trace, inner, tx);
     }
-    true
 }
 
 /// One event of the traced flow: into the trace, then into the shared view.
