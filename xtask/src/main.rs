@@ -28,6 +28,8 @@ use matrix::Selection;
 
 /// Debian packages the tests, benchmarks and demo use.
 const DEBIAN_PACKAGES: &[&str] = &[
+    // netray links libpcap: its filters are libpcap's (pcap_compile).
+    "libpcap-dev",
     "iproute2",
     "nftables",
     "tcpdump",

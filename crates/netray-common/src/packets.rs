@@ -1,22 +1,22 @@
 //! Types of the packet tracer capture (`netray packets`).
 //!
-//! Userspace compiles the filter into a [`RawProgram`] and writes it and a
-//! [`CaptureConfig`] into single-entry Array maps before attaching; the XDP
-//! (ingress) and TC (egress) programs parse each packet into
-//! [`field::COUNT`] summary words, run the program, and send a matching
-//! packet to the ring buffer as a [`RecordHeader`] followed by the captured
-//! bytes, or, in flow mode, add it to a per-CPU hash of
+//! Userspace writes a [`CaptureConfig`] into a single-entry Array map and
+//! puts the filter (libpcap's program translated to eBPF) in a program
+//! array before attaching; the XDP (ingress) and TC (egress) programs send
+//! each packet the filter accepts to the ring buffer as a [`RecordHeader`]
+//! followed by the captured bytes, or, in flow mode, parse its 5-tuple
+//! into [`field::COUNT`] words and add it to a per-CPU hash of
 //! [`FlowKey`] → [`FlowValue`].
 
-/// Most instructions a filter program may have (the kernel's interpreter
-/// loop bound).
-pub const MAX_INSNS: usize = 64;
+/// Bytes of the per-CPU value where the TC filter assembles the head of a
+/// frame whose VLAN tag the skb holds in its metadata (it uses 24).
+pub const TAGGED_HEAD: usize = 32;
 
 /// Largest snaplen: the kernel builds each record in a per-CPU scratch
 /// value, which must stay under the 32 KiB per-CPU allocation limit.
 pub const MAX_SNAPLEN: usize = 16384;
 
-/// Indexes of the summary words the filter tests.
+/// Indexes of the 5-tuple words parsed for a flow key (flow mode).
 pub mod field {
     /// `vlan_count << 16 | ethertype`: the EtherType after the parsed VLAN
     /// tags, with how many there were (so one comparison checks both).
@@ -41,45 +41,6 @@ pub mod field {
     pub const DST: u8 = 12;
     /// Number of fields.
     pub const COUNT: usize = 16;
-}
-
-/// [`Insn::op`]: return `lo != 0` (match / no match).
-pub const OP_RET: u8 = 0;
-/// [`Insn::op`]: `v = fields[field] & mask`; if `lo <= v <= hi` skip `jt`
-/// instructions, else skip `jf`.
-pub const OP_RANGE: u8 = 1;
-
-/// One filter instruction. Jumps are forward only (relative to the next
-/// instruction), so every program terminates within its length.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Insn {
-    /// [`OP_RET`] or [`OP_RANGE`].
-    pub op: u8,
-    /// A [`field`] index.
-    pub field: u8,
-    /// Instructions to skip when the comparison holds.
-    pub jt: u8,
-    /// Instructions to skip when it does not.
-    pub jf: u8,
-    /// Mask applied to the field first.
-    pub mask: u32,
-    /// Lower bound (inclusive); the verdict of [`OP_RET`].
-    pub lo: u32,
-    /// Upper bound (inclusive).
-    pub hi: u32,
-}
-
-/// A filter program as the kernel reads it from its Array map (one value).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RawProgram {
-    /// Number of valid instructions.
-    pub len: u32,
-    /// Always zero.
-    pub pad: u32,
-    /// The instructions; past `len`, zero (`OP_RET` 0).
-    pub insns: [Insn; MAX_INSNS],
 }
 
 /// Capture settings, written by userspace before attaching.
@@ -153,16 +114,17 @@ pub mod stat {
     pub const DELIVERED: u32 = 2;
     /// Matched packets the ring (or the full flow table) could not take.
     pub const LOST: u32 = 3;
+    /// Packets the attached program could not hand to the filter (its
+    /// program array slot was empty: never once the capture is set up).
+    pub const UNFILTERED: u32 = 4;
     /// Length of the counter array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, integers laid out without implicit padding
-    // (16-byte instructions after an 8-byte header); any bit pattern is valid.
-    unsafe impl aya::Pod for super::RawProgram {}
-    // SAFETY: as above (two u32).
+    // (two u32); any bit pattern is valid.
     unsafe impl aya::Pod for super::CaptureConfig {}
     // SAFETY: as above (40 bytes: two 16-byte arrays, three u16, two u8).
     unsafe impl aya::Pod for super::FlowKey {}
@@ -176,8 +138,6 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Insn>(), 16);
-        assert_eq!(size_of::<RawProgram>(), 8 + 16 * MAX_INSNS);
         assert_eq!(size_of::<CaptureConfig>(), 8);
         assert_eq!(size_of::<RecordHeader>(), 24);
         assert_eq!(size_of::<FlowKey>(), 40);

@@ -1,17 +1,19 @@
 //! Packet tracer capture (`netray packets`).
 //!
-//! - `packets_xdp` (ingress) and `packets_tc` (TC egress, tcx) parse each
-//!   packet into a summary (Ethernet + up to 2 VLAN tags, IPv4, IPv6 with a
-//!   Fragment header, ARP, TCP/UDP/SCTP ports), run the filter program that
-//!   userspace compiled (`netray::packets::filter`, same instruction layout
-//!   and semantics) and either copy up to the snaplen bytes of a matching
-//!   packet to the ring buffer, or, in flow mode, add it to a per-CPU flow
+//! - `packets_xdp` (ingress) and `packets_tc` (TC egress, tcx) are the
+//!   attached programs: they count the packet and tail-call the filter,
+//!   libpcap's classic BPF program that userspace translated to eBPF and
+//!   loaded into a one-slot program array (`netray::packets::ebpf_filter`).
+//! - The filter tail-calls the capture program of its hook
+//!   (`packets_xdp_capture`, `packets_tc_capture`) when it accepts the
+//!   packet, which copies up to the snaplen bytes of it to the ring buffer,
+//!   or, in flow mode, parses its 5-tuple and adds it to a per-CPU flow
 //!   table.
-//! - Both only observe: XDP_PASS and TC_ACT_UNSPEC always, malformed
+//! - All only observe: XDP_PASS and TC_ACT_UNSPEC always, malformed
 //!   packets included.
-//! - `packets_xdp_linear` is `packets_xdp` for kernels without
-//!   `bpf_xdp_load_bytes` (before 5.18): it copies the frame with direct
-//!   packet access. Userspace loads it when `packets_xdp` does not load.
+//! - `packets_xdp_capture_linear` is `packets_xdp_capture` for kernels
+//!   without `bpf_xdp_load_bytes` (before 5.18): it copies the frame with
+//!   direct packet access. Userspace loads it when the other does not load.
 //!
 //! Older verifiers (before ~6.8) lose a size argument's bounds across the
 //! range check LLVM emits (`len - 1 < MAX` on a copy of `len`): every
@@ -30,17 +32,17 @@ use aya_ebpf::{
         generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     },
     macros::{classifier, map, xdp},
-    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use netray_ebpf::{Packet, TcPacket, XdpPacket, zero_words};
 
 use netray_common::packets::{
-    CaptureConfig as Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, MAX_INSNS,
-    MAX_SNAPLEN, OP_RET, RawProgram, RecordHeader, field,
+    CaptureConfig as Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, MAX_SNAPLEN,
+    RecordHeader, TAGGED_HEAD, field,
     stat::{
         COUNT as STAT_COUNT, DELIVERED as STAT_DELIVERED, LOST as STAT_LOST,
-        MATCHED as STAT_MATCHED, SEEN as STAT_SEEN,
+        MATCHED as STAT_MATCHED, SEEN as STAT_SEEN, UNFILTERED as STAT_UNFILTERED,
     },
 };
 
@@ -57,12 +59,11 @@ const F_DPORT: usize = field::DPORT as usize;
 const F_SRC: usize = field::SRC as usize;
 const F_DST: usize = field::DST as usize;
 
-/// Per-CPU working memory: the summary the filter reads (variable-index
-/// access needs map memory), the flow key, and the record being built (too
-/// large for the 512-byte stack).
+/// Per-CPU working memory: the parsed 5-tuple (flow mode), the flow key,
+/// and the record being built (too large for the 512-byte stack).
 #[repr(C)]
 struct Scratch {
-    /// The filter's program counter (see `filter`).
+    /// A word whose value the verifier does not track (see `copy_linear`).
     pc: u64,
     fields: [u32; FIELDS],
     key: FlowKey,
@@ -70,8 +71,26 @@ struct Scratch {
     data: [u8; MAX_SNAPLEN],
 }
 
+/// Slot 0: the XDP filter (loaded by userspace from libpcap's program).
 #[map]
-static PACKETS_FILTER: Array<RawProgram> = Array::with_max_entries(1, 0);
+static PACKETS_XDP_FILTER: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot 0: the TC filter.
+#[map]
+static PACKETS_TC_FILTER: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot 0: the XDP capture program, which the XDP filter tail-calls.
+#[map]
+static PACKETS_XDP_CAPTURE: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot 0: the TC capture program, which the TC filter tail-calls.
+#[map]
+static PACKETS_TC_CAPTURE: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Where the TC filter assembles the first bytes of a frame whose VLAN tag
+/// is in the skb's metadata.
+#[map]
+static PACKETS_TAGGED_HEAD: PerCpuArray<[u8; TAGGED_HEAD]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static PACKETS_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -135,7 +154,7 @@ fn size_arg(len: usize, max: usize) -> Option<u32> {
     Some((opaque(below) + 1) as u32)
 }
 
-/// Fills `f` from the packet, exactly as `Summary::parse` does in userspace.
+/// Fills `f` with the packet's 5-tuple, for its flow key (flow mode).
 #[inline(always)]
 fn summarize<P: Packet>(pkt: &P, offload: Option<OffloadTag>, f: &mut [u32; FIELDS]) {
     // SAFETY: 64 bytes at the start of an 8-aligned map value.
@@ -236,47 +255,6 @@ fn ports<P: Packet>(pkt: &P, off: usize, f: &mut [u32; FIELDS]) {
     }
 }
 
-/// Runs the filter program on the summary. Forward jumps only, and at most
-/// MAX_INSNS steps: the verifier sees a bounded loop.
-#[inline(always)]
-fn filter(fields: &[u32; FIELDS], pc_slot: *mut u64) -> bool {
-    let Some(program) = PACKETS_FILTER.get(0) else {
-        return false;
-    };
-    // This loop is ~95 % of these programs' verification, which is CPU paid
-    // on every start. The program counter lives in map memory, whose
-    // contents the verifier does not track: each step then sees an unknown,
-    // bounds-checked pc instead of a register whose exact range differs at
-    // every step (BPF_PROG_LOAD, strace: XDP 56 -> 38 ms, TC 30 -> 21 ms;
-    // per-packet cost unchanged within noise). `bpf_loop` verifies the step
-    // once (9 + 6 ms) but costs a call per instruction: XDP 110 -> 180-200
-    // ns per packet, on every packet, which is the worse trade.
-    // SAFETY: `pc_slot` points into this CPU's scratch slot.
-    unsafe { core::ptr::write_volatile(pc_slot, 0) };
-    for _ in 0..MAX_INSNS {
-        // SAFETY: as above.
-        let pc = unsafe { core::ptr::read_volatile(pc_slot) } as usize;
-        let Some(insn) = program.insns.get(pc) else {
-            return false;
-        };
-        if insn.op == OP_RET {
-            return insn.lo != 0;
-        }
-        let Some(&value) = fields.get(usize::from(insn.field)) else {
-            return false;
-        };
-        let value = value & insn.mask;
-        let skip = if insn.lo <= value && value <= insn.hi {
-            insn.jt
-        } else {
-            insn.jf
-        };
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(pc_slot, (pc + 1 + usize::from(skip)) as u64) };
-    }
-    false
-}
-
 /// Adds the packet to its flow (flow mode).
 #[inline(always)]
 fn account_flow(scratch: &mut Scratch, wire_len: u32) {
@@ -326,7 +304,8 @@ fn account_flow(scratch: &mut Scratch, wire_len: u32) {
     }
 }
 
-/// Everything but the copy of the bytes, common to both hooks. Returns the
+/// Everything but the copy of the bytes, common to both capture programs
+/// (the packet matched the filter). Returns the
 /// scratch slot and the length to copy when a record is to be sent.
 #[inline(always)]
 fn handle<P: Packet>(
@@ -336,20 +315,16 @@ fn handle<P: Packet>(
     ifindex: u32,
     direction: u32,
 ) -> Option<(*mut Scratch, usize)> {
-    count(STAT_SEEN);
+    count(STAT_MATCHED);
     let scratch = PACKETS_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: this CPU's slot, used by one program only; programs of one
     // hook do not nest on a CPU.
     let s = unsafe { &mut *scratch };
-    summarize(pkt, offload, &mut s.fields);
-    if !filter(&s.fields, &raw mut s.pc) {
-        return None;
-    }
-    count(STAT_MATCHED);
     let config = PACKETS_CONFIG.get(0)?;
     // On the wire, an offloaded tag is 4 more bytes.
     let wire_len = pkt.total_len() as u32 + if offload.is_some() { 4 } else { 0 };
     if config.flows != 0 {
+        summarize(pkt, offload, &mut s.fields);
         account_flow(s, wire_len);
         return None;
     }
@@ -388,8 +363,21 @@ fn send(scratch: *mut Scratch, cap: usize) {
     count(if sent { STAT_DELIVERED } else { STAT_LOST });
 }
 
+/// The attached XDP program: counts the packet and hands it to the filter.
 #[xdp]
 pub fn packets_xdp(ctx: XdpContext) -> u32 {
+    count(STAT_SEEN);
+    // SAFETY: a tail call with this program's own context.
+    unsafe { PACKETS_XDP_FILTER.tail_call(&ctx, 0) };
+    // Only with no filter in the slot, which userspace fills before it
+    // attaches: counted all the same.
+    count(STAT_UNFILTERED);
+    xdp_action::XDP_PASS
+}
+
+/// The XDP capture program (the filter accepted the packet).
+#[xdp]
+pub fn packets_xdp_capture(ctx: XdpContext) -> u32 {
     capture_xdp(&ctx, |scratch, cap| {
         let Some(len) = size_arg(cap, MAX_SNAPLEN) else {
             return false;
@@ -399,11 +387,11 @@ pub fn packets_xdp(ctx: XdpContext) -> u32 {
     })
 }
 
-/// `packets_xdp` for kernels without `bpf_xdp_load_bytes` (before 5.18).
-/// XDP frames are linear unless the program declares it handles fragments
-/// (these do not), so direct packet access reaches every byte.
+/// `packets_xdp_capture` for kernels without `bpf_xdp_load_bytes` (before
+/// 5.18). XDP frames are linear unless the program declares it handles
+/// fragments (these do not), so direct packet access reaches every byte.
 #[xdp]
-pub fn packets_xdp_linear(ctx: XdpContext) -> u32 {
+pub fn packets_xdp_capture_linear(ctx: XdpContext) -> u32 {
     // SAFETY: `scratch` is this CPU's slot (see `handle`).
     capture_xdp(&ctx, |scratch, cap| unsafe {
         copy_linear(&ctx, scratch, cap)
@@ -566,8 +554,20 @@ struct OffloadTag {
     tci: u16,
 }
 
+/// The attached TC egress program: counts the packet and hands it to the
+/// filter.
 #[classifier]
 pub fn packets_tc(ctx: TcContext) -> i32 {
+    count(STAT_SEEN);
+    // SAFETY: a tail call with this program's own context.
+    unsafe { PACKETS_TC_FILTER.tail_call(&ctx, 0) };
+    count(STAT_UNFILTERED);
+    TC_ACT_UNSPEC
+}
+
+/// The TC capture program (the filter accepted the packet).
+#[classifier]
+pub fn packets_tc_capture(ctx: TcContext) -> i32 {
     let pkt = TcPacket::new(&ctx);
     let skb = ctx.skb.skb;
     // SAFETY: reading fields of the context the kernel passed in.

@@ -1,11 +1,14 @@
 //! The kernel side of `netray packets`, from userspace: loads the
-//! `netray-packets` object, writes the compiled filter and the settings into
-//! its maps, attaches XDP (ingress) and TC egress (tcx) to the interfaces,
+//! `netray-packets` object, writes the settings into its maps, loads
+//! libpcap's filter translated to eBPF ([`super::ebpf_filter`]) once per
+//! hook and links the programs through their program arrays (attached
+//! program → filter → capture program), attaches XDP (ingress) and TC
+//! egress (tcx) to the interfaces,
 //! and hands over the captured packets as [`PacketRecord`]s, or, in flow
 //! mode, the kernel's per-flow totals.
 //!
-//! Ingress has two program variants, loaded best first (see
-//! `XDP_PROGRAMS`): one copying bytes with `bpf_xdp_load_bytes` (5.18+),
+//! Ingress capture has two program variants, loaded best first (see
+//! `XDP_CAPTURE_PROGRAMS`): one copying bytes with `bpf_xdp_load_bytes` (5.18+),
 //! one with direct packet access for older kernels. Before 6.6 (no tcx) TC
 //! egress is attached through a clsact qdisc and a netlink filter.
 //!
@@ -18,7 +21,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use netray::packets::{capture::{CaptureOptions, PacketCapture}, filter::Program};
-//! let filter = Program::compile("udp port 53")?;
+//! let filter = Program::compile("udp port 53", 262144)?;
 //! let mut capture = PacketCapture::attach(&["eth0".into()], &filter, CaptureOptions::default())?;
 //! while let Some(packet) = capture.next().await {
 //!     println!("{} {:?} {} bytes", packet.iface, packet.direction, packet.wire_len);
@@ -56,7 +59,7 @@ use std::{
 use anyhow::{Context as _, anyhow, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{ProgramError, ProgramInfo, SchedClassifier, Xdp},
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -66,17 +69,27 @@ use netray_common::packets::{
     FlowValue as RawFlowValue, RecordHeader, stat,
 };
 
-use super::{CaptureCounts, Direction, PacketRecord, filter};
+use super::{
+    CaptureCounts, Direction, PacketRecord,
+    ebpf_filter::{self, FilterMaps, Hook},
+    filter,
+};
 
 /// Largest snaplen the kernel copies (its per-CPU record buffer).
 pub const MAX_SNAPLEN: u32 = packets::MAX_SNAPLEN as u32;
 
-/// The XDP program variants, best first: `packets_xdp` copies packet bytes
-/// with `bpf_xdp_load_bytes` (5.18+); `packets_xdp_linear` with direct
-/// packet access, for older kernels (slower per captured byte, ~60 %
-/// more instructions for the verifier).
-const XDP_PROGRAMS: [&str; 2] = ["packets_xdp", "packets_xdp_linear"];
+/// The attached XDP program (counts, tail-calls the filter).
+const XDP_PROGRAM: &str = "packets_xdp";
+/// The XDP capture program variants, best first: `packets_xdp_capture`
+/// copies packet bytes with `bpf_xdp_load_bytes` (5.18+);
+/// `packets_xdp_capture_linear` with direct packet access, for older
+/// kernels (slower per captured byte, ~60 % more instructions for the
+/// verifier).
+const XDP_CAPTURE_PROGRAMS: [&str; 2] = ["packets_xdp_capture", "packets_xdp_capture_linear"];
+/// The attached TC egress program.
 const TC_PROGRAM: &str = "packets_tc";
+/// The TC capture program.
+const TC_CAPTURE_PROGRAM: &str = "packets_tc_capture";
 /// How long a reader that has just drained a batch lets the next one
 /// build up before it waits again (see the module docs). The 8 MiB ring
 /// holds ~87 k minimum-size packets, i.e. this pause at up to ~8 M packets/s.
@@ -162,8 +175,10 @@ pub struct PacketCapture {
     clock_offset: i128,
     malformed: u64,
     interfaces: Vec<String>,
-    /// The XDP variant loaded, if ingress is captured.
+    /// The XDP capture variant loaded, if ingress is captured.
     xdp_program: Option<&'static str>,
+    /// The translated filters (also held by the program arrays).
+    _filters: Vec<OwnedFd>,
 }
 
 impl std::fmt::Debug for PacketCapture {
@@ -215,34 +230,49 @@ impl PacketCapture {
                 0,
             )
             .context("writing the capture settings")?;
-        let mut program: Array<MapData, filter::RawProgram> =
-            crate::loader::take_map(&mut ebpf, "PACKETS_FILTER")?;
-        program
-            .set(0, filter.to_raw(), 0)
-            .context("writing the filter program")?;
 
+        // Each hook: the capture program into its array, the filter
+        // (tail-calling it) into the attached program's array, and only
+        // then the attached program onto the interfaces.
+        let mut filters = Vec::new();
         let mut xdp_program = None;
         if options.direction != Directions::Out {
             let name = load_xdp(&mut ebpf)?;
-            let xdp: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()
-                .context(name)?;
+            let fd = filter_for(
+                &mut ebpf,
+                filter,
+                Hook::Xdp,
+                name,
+                "PACKETS_XDP_CAPTURE",
+                "PACKETS_XDP_FILTER",
+            )?;
+            filters.push(fd);
+            let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
+            xdp.load()
+                .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
             for iface in &unique {
                 crate::loader::attach_xdp(xdp, iface)?;
             }
             xdp_program = Some(name);
         }
         if options.direction != Directions::In {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut(TC_PROGRAM)
-                .ok_or_else(|| anyhow!("program {TC_PROGRAM} missing"))?
-                .try_into()
-                .context(TC_PROGRAM)?;
+            let capture: &mut SchedClassifier = program_mut(&mut ebpf, TC_CAPTURE_PROGRAM)?;
+            capture
+                .load()
+                .with_context(|| format!("loading {TC_CAPTURE_PROGRAM} (verifier)"))?;
+            log_loaded(TC_CAPTURE_PROGRAM, capture.info());
+            let fd = filter_for(
+                &mut ebpf,
+                filter,
+                Hook::Tc,
+                TC_CAPTURE_PROGRAM,
+                "PACKETS_TC_CAPTURE",
+                "PACKETS_TC_FILTER",
+            )?;
+            filters.push(fd);
+            let tc: &mut SchedClassifier = program_mut(&mut ebpf, TC_PROGRAM)?;
             tc.load()
                 .with_context(|| format!("loading {TC_PROGRAM} (verifier)"))?;
-            log_loaded(TC_PROGRAM, tc.info());
             for iface in &unique {
                 crate::loader::attach_tc_egress(tc, iface)?;
             }
@@ -262,6 +292,7 @@ impl PacketCapture {
             malformed: 0,
             interfaces: unique,
             xdp_program,
+            _filters: filters,
         })
     }
 
@@ -385,7 +416,9 @@ impl PacketCapture {
             seen: read(stat::SEEN),
             matched: read(stat::MATCHED),
             delivered: read(stat::DELIVERED),
-            lost: read(stat::LOST),
+            // Packets no filter saw (an empty program-array slot, which
+            // cannot happen once attached): lost all the same.
+            lost: read(stat::LOST) + read(stat::UNFILTERED),
         }
     }
 
@@ -438,7 +471,7 @@ impl Drop for PacketCapture {
     }
 }
 
-/// Loads the first XDP variant the kernel accepts (see [`XDP_PROGRAMS`])
+/// Loads the first XDP capture variant the kernel accepts (see [`XDP_CAPTURE_PROGRAMS`])
 /// and returns its name. Tried rather than predicted from the kernel
 /// version: a refusal costs the verifier little (it stops at the first
 /// unknown helper), and it also covers verifiers that accept the helper but
@@ -446,7 +479,7 @@ impl Drop for PacketCapture {
 fn load_xdp(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
     let mut refused: Vec<String> = Vec::new();
     let mut last_error = None;
-    for name in XDP_PROGRAMS {
+    for name in XDP_CAPTURE_PROGRAMS {
         let xdp: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing"))?
@@ -478,6 +511,84 @@ fn load_xdp(ebpf: &mut Ebpf) -> anyhow::Result<&'static str> {
         "loading {name} (verifier); no XDP program variant loads here: {}",
         refused.join(", ")
     )))
+}
+
+/// The program `name` of `ebpf`, as its kind.
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing"))?
+        .try_into()
+        .context(name.to_string())
+}
+
+/// Links the loaded capture program `capture` into the program array
+/// `capture_map`, loads `filter` translated for `hook` (tail-calling that
+/// array), and puts it into the program array `filter_map`.
+fn filter_for(
+    ebpf: &mut Ebpf,
+    filter: &filter::Program,
+    hook: Hook,
+    capture: &str,
+    capture_map: &str,
+    filter_map: &str,
+) -> anyhow::Result<OwnedFd> {
+    let capture_fd = ebpf
+        .program(capture)
+        .ok_or_else(|| anyhow!("program {capture} missing"))?
+        .fd()
+        .with_context(|| format!("{capture} not loaded"))?
+        .try_clone()
+        .context("duplicating a program fd")?;
+    let mut array: ProgramArray<&mut MapData> = ProgramArray::try_from(
+        ebpf.map_mut(capture_map)
+            .ok_or_else(|| anyhow!("map {capture_map} missing"))?,
+    )?;
+    array
+        .set(0, &capture_fd, 0)
+        .with_context(|| format!("putting {capture} into {capture_map}"))?;
+    let capture_array = ebpf
+        .map(capture_map)
+        .ok_or_else(|| anyhow!("map {capture_map} missing"))?;
+    let aya::maps::Map::ProgramArray(capture_array) = capture_array else {
+        return Err(anyhow!("map {capture_map} is not a program array"));
+    };
+    let head = match hook {
+        Hook::Xdp => None,
+        Hook::Tc => match ebpf.map("PACKETS_TAGGED_HEAD") {
+            Some(aya::maps::Map::PerCpuArray(m)) => Some(m.fd().as_fd()),
+            _ => return Err(anyhow!("map PACKETS_TAGGED_HEAD missing")),
+        },
+    };
+    let insns = ebpf_filter::translate(
+        filter.insns(),
+        hook,
+        FilterMaps {
+            capture: capture_array.fd().as_fd(),
+            tagged_head: head,
+        },
+    )
+    .with_context(|| format!("translating the filter {:?}", filter.text()))?;
+    let name = match hook {
+        Hook::Xdp => "packets_xdp_flt",
+        Hook::Tc => "packets_tc_flt",
+    };
+    let fd = ebpf_filter::load(&insns, hook, name).with_context(|| {
+        format!(
+            "loading the filter {:?} ({} instructions) for {hook:?} (verifier)",
+            filter.text(),
+            insns.len()
+        )
+    })?;
+    let filter_array = match ebpf.map(filter_map) {
+        Some(aya::maps::Map::ProgramArray(m)) => m.fd().as_fd(),
+        _ => return Err(anyhow!("map {filter_map} missing")),
+    };
+    ebpf_filter::set_program(filter_array, 0, fd.as_fd())
+        .with_context(|| format!("putting the filter into {filter_map}"))?;
+    Ok(fd)
 }
 
 /// Logs how much the verifier walked (kernels 5.16+ tell).

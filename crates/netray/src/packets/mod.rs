@@ -4,6 +4,7 @@
 //! - [`PacketRecord`]: one captured packet as the capture hands it to output.
 
 pub mod capture;
+pub mod ebpf_filter;
 pub mod filter;
 
 use std::{

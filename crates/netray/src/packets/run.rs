@@ -31,8 +31,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let filter_text = config.filter.clone().unwrap_or_default();
-    let program = filter::Program::compile(&filter_text)
-        .map_err(|e| anyhow::anyhow!("filter {filter_text:?}: {e}"))?;
+    // libpcap's error verbatim, as tcpdump words it.
+    let program = filter::Program::compile(&filter_text, config.snaplen)
+        .map_err(|e| anyhow::anyhow!("can't parse filter expression: {}", e.message))?;
     let interfaces = if config.interfaces.is_empty() {
         let found = crate::inband::capture::up_interfaces().context("listing the up interfaces")?;
         anyhow::ensure!(
