@@ -213,7 +213,8 @@ mod tests {
             "ip6 protochain 6",
             "tcp port smtp",
             "net 10.0.0.0 mask 255.0.0.0",
-            "mpls and pppoes",
+            "pppoes and ip",
+            "mpls 100 and ip",
         ] {
             let p = Program::compile(text, 262_144).unwrap_or_else(|e| panic!("{e}"));
             assert!(!p.insns().is_empty(), "{text}");
