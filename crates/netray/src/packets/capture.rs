@@ -452,14 +452,22 @@ impl PacketCapture {
         self.xdp_program
     }
 
-    /// Kernel IDs of the attached programs (for `bpftool prog show id`):
-    /// once the capture is dropped, they no longer exist.
+    /// Kernel IDs of the loaded programs (for `bpftool prog show id`):
+    /// per captured direction, the attached program, its filter and its
+    /// capture program. Once the capture is dropped, they no longer exist.
     pub fn program_ids(&self) -> Vec<u32> {
-        self._ebpf
+        let mut ids: Vec<u32> = self
+            ._ebpf
             .programs()
             .filter_map(|(_, program)| program.info().ok())
             .map(|info| info.id())
-            .collect()
+            .collect();
+        ids.extend(
+            self._filters
+                .iter()
+                .filter_map(|fd| ebpf_filter::program_id(fd.as_fd()).ok()),
+        );
+        ids
     }
 }
 

@@ -764,6 +764,7 @@ struct ProgLoadAttr {
 const BPF_MAP_UPDATE_ELEM: c_long = 2;
 const BPF_PROG_LOAD: c_long = 5;
 const BPF_PROG_TEST_RUN: c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: c_long = 15;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -894,4 +895,26 @@ pub fn test_run(program: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     Ok(attr.retval)
+}
+
+/// `union bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The kernel ID of a loaded program (for `bpftool prog show id`).
+pub fn program_id(program: BorrowedFd<'_>) -> io::Result<u32> {
+    // The first two fields of struct bpf_prog_info: type, id. The kernel
+    // fills as much of it as we ask for.
+    let mut head = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: program.as_raw_fd() as u32,
+        info_len: size_of_val(&head) as u32,
+        info: head.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(head[1])
 }

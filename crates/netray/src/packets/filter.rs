@@ -78,7 +78,7 @@ pub struct FilterError {
     /// The expression.
     pub text: String,
     /// libpcap's message, verbatim (what tcpdump prints after
-    /// "can't parse filter expression: ").
+    /// "tcpdump: ").
     pub message: String,
 }
 

@@ -31,9 +31,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let filter_text = config.filter.clone().unwrap_or_default();
-    // libpcap's error verbatim, as tcpdump words it.
+    // libpcap's error verbatim, as tcpdump prints it.
     let program = filter::Program::compile(&filter_text, config.snaplen)
-        .map_err(|e| anyhow::anyhow!("can't parse filter expression: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let interfaces = if config.interfaces.is_empty() {
         let found = crate::inband::capture::up_interfaces().context("listing the up interfaces")?;
         anyhow::ensure!(
