@@ -215,64 +215,19 @@ impl PacketCapture {
         }
         crate::loader::raise_memlock_limit();
 
-        let mut ebpf =
-            Ebpf::load(crate::objects::PACKETS).context("loading the packet capture object")?;
-        // Settings and filter before any program runs.
-        let mut config: Array<MapData, Config> =
-            crate::loader::take_map(&mut ebpf, "PACKETS_CONFIG")?;
-        config
-            .set(
-                0,
-                Config {
-                    snaplen: options.snaplen.min(MAX_SNAPLEN),
-                    flows: u32::from(options.flows),
-                },
-                0,
-            )
-            .context("writing the capture settings")?;
-
-        // Each hook: the capture program into its array, the filter
-        // (tail-calling it) into the attached program's array, and only
-        // then the attached program onto the interfaces.
-        let mut filters = Vec::new();
-        let mut xdp_program = None;
+        let Loaded {
+            mut ebpf,
+            filters,
+            xdp_program,
+        } = Loaded::new(filter, options)?;
         if options.direction != Directions::Out {
-            let name = load_xdp(&mut ebpf)?;
-            let fd = filter_for(
-                &mut ebpf,
-                filter,
-                Hook::Xdp,
-                name,
-                "PACKETS_XDP_CAPTURE",
-                "PACKETS_XDP_FILTER",
-            )?;
-            filters.push(fd);
             let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
-            xdp.load()
-                .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
             for iface in &unique {
                 crate::loader::attach_xdp(xdp, iface)?;
             }
-            xdp_program = Some(name);
         }
         if options.direction != Directions::In {
-            let capture: &mut SchedClassifier = program_mut(&mut ebpf, TC_CAPTURE_PROGRAM)?;
-            capture
-                .load()
-                .with_context(|| format!("loading {TC_CAPTURE_PROGRAM} (verifier)"))?;
-            log_loaded(TC_CAPTURE_PROGRAM, capture.info());
-            let fd = filter_for(
-                &mut ebpf,
-                filter,
-                Hook::Tc,
-                TC_CAPTURE_PROGRAM,
-                "PACKETS_TC_CAPTURE",
-                "PACKETS_TC_FILTER",
-            )?;
-            filters.push(fd);
             let tc: &mut SchedClassifier = program_mut(&mut ebpf, TC_PROGRAM)?;
-            tc.load()
-                .with_context(|| format!("loading {TC_PROGRAM} (verifier)"))?;
             for iface in &unique {
                 crate::loader::attach_tc_egress(tc, iface)?;
             }
@@ -479,6 +434,161 @@ impl Drop for PacketCapture {
     }
 }
 
+/// The capture object with its programs loaded and linked (attached
+/// program → filter → capture program), for the directions asked, but
+/// attached nowhere.
+struct Loaded {
+    ebpf: Ebpf,
+    /// The translated filters, XDP first.
+    filters: Vec<OwnedFd>,
+    /// The XDP capture variant loaded, if ingress is captured.
+    xdp_program: Option<&'static str>,
+}
+
+impl Loaded {
+    fn new(filter: &filter::Program, options: CaptureOptions) -> anyhow::Result<Loaded> {
+        crate::loader::raise_memlock_limit();
+        let mut ebpf =
+            Ebpf::load(crate::objects::PACKETS).context("loading the packet capture object")?;
+        // Settings before any program runs.
+        let mut config: Array<MapData, Config> =
+            crate::loader::take_map(&mut ebpf, "PACKETS_CONFIG")?;
+        config
+            .set(
+                0,
+                Config {
+                    snaplen: options.snaplen.min(MAX_SNAPLEN),
+                    flows: u32::from(options.flows),
+                },
+                0,
+            )
+            .context("writing the capture settings")?;
+
+        // Each hook: the capture program into its array, the filter
+        // (tail-calling it) into the attached program's array, then the
+        // attached program.
+        let mut filters = Vec::new();
+        let mut xdp_program = None;
+        if options.direction != Directions::Out {
+            let name = load_xdp(&mut ebpf)?;
+            link_capture(&mut ebpf, name, XDP_CAPTURE_MAP)?;
+            filters.push(load_filter(&ebpf, filter, Hook::Xdp)?);
+            let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
+            xdp.load()
+                .with_context(|| format!("loading {XDP_PROGRAM} (verifier)"))?;
+            xdp_program = Some(name);
+        }
+        if options.direction != Directions::In {
+            let capture: &mut SchedClassifier = program_mut(&mut ebpf, TC_CAPTURE_PROGRAM)?;
+            capture
+                .load()
+                .with_context(|| format!("loading {TC_CAPTURE_PROGRAM} (verifier)"))?;
+            log_loaded(TC_CAPTURE_PROGRAM, capture.info());
+            link_capture(&mut ebpf, TC_CAPTURE_PROGRAM, TC_CAPTURE_MAP)?;
+            filters.push(load_filter(&ebpf, filter, Hook::Tc)?);
+            let tc: &mut SchedClassifier = program_mut(&mut ebpf, TC_PROGRAM)?;
+            tc.load()
+                .with_context(|| format!("loading {TC_PROGRAM} (verifier)"))?;
+        }
+        Ok(Loaded {
+            ebpf,
+            filters,
+            xdp_program,
+        })
+    }
+}
+
+/// The capture programs loaded with a filter but attached nowhere, to run
+/// frames through with `BPF_PROG_TEST_RUN`: the real programs, the same
+/// path as a capture (attached program → filter → capture program → ring
+/// buffer), without a network. For tests and benchmarks.
+pub struct TestCapture {
+    loaded: Loaded,
+    ring: RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for TestCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCapture").finish_non_exhaustive()
+    }
+}
+
+impl TestCapture {
+    /// Loads both directions' programs with `filter`, capturing whole
+    /// frames (snaplen [`MAX_SNAPLEN`]).
+    pub fn load(filter: &filter::Program) -> anyhow::Result<TestCapture> {
+        let mut loaded = Loaded::new(filter, CaptureOptions::default())?;
+        let ring = crate::loader::take_map(&mut loaded.ebpf, "PACKETS_EVENTS")?;
+        Ok(TestCapture { loaded, ring })
+    }
+
+    /// Replaces the filter of both directions (only the filter programs are
+    /// loaded again).
+    pub fn set_filter(&mut self, filter: &filter::Program) -> anyhow::Result<()> {
+        let xdp = load_filter(&self.loaded.ebpf, filter, Hook::Xdp)?;
+        let tc = load_filter(&self.loaded.ebpf, filter, Hook::Tc)?;
+        self.loaded.filters = vec![xdp, tc];
+        Ok(())
+    }
+
+    /// Runs each frame (at least 14 bytes) once through `hook`'s attached
+    /// program and tells, per frame, whether the capture program sent it
+    /// to the ring buffer, i.e. whether the filter accepted it; `None` for
+    /// a frame the kernel refuses to build a test packet from (`EINVAL`:
+    /// for TC, an IPv4 or IPv6 frame shorter than its fixed IP header).
+    pub fn run(&mut self, hook: Hook, frames: &[&[u8]]) -> anyhow::Result<Vec<Option<bool>>> {
+        let name = match hook {
+            Hook::Xdp => XDP_PROGRAM,
+            Hook::Tc => TC_PROGRAM,
+        };
+        while self.ring.next().is_some() {}
+        let mut kept = Vec::with_capacity(frames.len());
+        for (i, frame) in frames.iter().enumerate() {
+            let fd = self
+                .loaded
+                .ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .fd()?
+                .as_fd();
+            match ebpf_filter::test_run(fd, frame) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    kept.push(None);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("BPF_PROG_TEST_RUN of {name} on frame {i}")));
+                }
+            }
+            // One record at most per run, of this frame.
+            let mut sent = None;
+            while let Some(item) = self.ring.next() {
+                ensure!(sent.is_none(), "frame {i}: more than one record");
+                sent = Some(item.to_vec());
+            }
+            kept.push(Some(match sent {
+                None => false,
+                Some(record) => {
+                    let header = size_of::<RecordHeader>();
+                    ensure!(
+                        record.get(header..) == Some(*frame),
+                        "frame {i}: the record is not the frame"
+                    );
+                    true
+                }
+            }));
+        }
+        Ok(kept)
+    }
+}
+
+/// The program array of the XDP capture program.
+const XDP_CAPTURE_MAP: &str = "PACKETS_XDP_CAPTURE";
+/// The program array of the TC capture program.
+const TC_CAPTURE_MAP: &str = "PACKETS_TC_CAPTURE";
+
 /// Loads the first XDP capture variant the kernel accepts (see [`XDP_CAPTURE_PROGRAMS`])
 /// and returns its name. Tried rather than predicted from the kernel
 /// version: a refusal costs the verifier little (it stops at the first
@@ -532,17 +642,9 @@ where
         .context(name.to_string())
 }
 
-/// Links the loaded capture program `capture` into the program array
-/// `capture_map`, loads `filter` translated for `hook` (tail-calling that
-/// array), and puts it into the program array `filter_map`.
-fn filter_for(
-    ebpf: &mut Ebpf,
-    filter: &filter::Program,
-    hook: Hook,
-    capture: &str,
-    capture_map: &str,
-    filter_map: &str,
-) -> anyhow::Result<OwnedFd> {
+/// Puts the loaded capture program `capture` into the program array
+/// `capture_map`, which the filter tail-calls.
+fn link_capture(ebpf: &mut Ebpf, capture: &str, capture_map: &str) -> anyhow::Result<()> {
     let capture_fd = ebpf
         .program(capture)
         .ok_or_else(|| anyhow!("program {capture} missing"))?
@@ -556,12 +658,20 @@ fn filter_for(
     )?;
     array
         .set(0, &capture_fd, 0)
-        .with_context(|| format!("putting {capture} into {capture_map}"))?;
-    let capture_array = ebpf
-        .map(capture_map)
-        .ok_or_else(|| anyhow!("map {capture_map} missing"))?;
-    let aya::maps::Map::ProgramArray(capture_array) = capture_array else {
-        return Err(anyhow!("map {capture_map} is not a program array"));
+        .with_context(|| format!("putting {capture} into {capture_map}"))
+}
+
+/// Loads `filter` translated for `hook` (tail-calling the hook's capture
+/// program array) and puts it into the array the hook's attached program
+/// tail-calls, replacing the filter there.
+fn load_filter(ebpf: &Ebpf, filter: &filter::Program, hook: Hook) -> anyhow::Result<OwnedFd> {
+    let (capture_map, filter_map, name) = match hook {
+        Hook::Xdp => (XDP_CAPTURE_MAP, "PACKETS_XDP_FILTER", "packets_xdp_flt"),
+        Hook::Tc => (TC_CAPTURE_MAP, "PACKETS_TC_FILTER", "packets_tc_flt"),
+    };
+    let program_array = |name: &str| match ebpf.map(name) {
+        Some(aya::maps::Map::ProgramArray(m)) => Ok(m.fd().as_fd()),
+        _ => Err(anyhow!("program array {name} missing")),
     };
     let head = match hook {
         Hook::Xdp => None,
@@ -574,15 +684,11 @@ fn filter_for(
         filter.insns(),
         hook,
         FilterMaps {
-            capture: capture_array.fd().as_fd(),
+            capture: program_array(capture_map)?,
             tagged_head: head,
         },
     )
     .with_context(|| format!("translating the filter {:?}", filter.text()))?;
-    let name = match hook {
-        Hook::Xdp => "packets_xdp_flt",
-        Hook::Tc => "packets_tc_flt",
-    };
     let fd = ebpf_filter::load(&insns, hook, name).with_context(|| {
         format!(
             "loading the filter {:?} ({} instructions) for {hook:?} (verifier)",
@@ -590,11 +696,7 @@ fn filter_for(
             insns.len()
         )
     })?;
-    let filter_array = match ebpf.map(filter_map) {
-        Some(aya::maps::Map::ProgramArray(m)) => m.fd().as_fd(),
-        _ => return Err(anyhow!("map {filter_map} missing")),
-    };
-    ebpf_filter::set_program(filter_array, 0, fd.as_fd())
+    ebpf_filter::set_program(program_array(filter_map)?, 0, fd.as_fd())
         .with_context(|| format!("putting the filter into {filter_map}"))?;
     Ok(fd)
 }

@@ -29,7 +29,11 @@
 //!   value. (A tagged frame shorter than 20 bytes is rejected: it cannot
 //!   exist on an Ethernet link.)
 //! - A program's length, as for classic BPF, is at most 4096 instructions;
-//!   each classic instruction becomes at most ~12 eBPF ones.
+//!   each classic instruction becomes at most ~25 eBPF ones.
+//! - Backward jumps (libpcap's `protochain` loop over extension headers):
+//!   at most [`MAX_BACKWARD_JUMPS`] per packet, then the packet is
+//!   rejected, where libpcap's interpreter would go on (a chain of more
+//!   than 32 extension headers).
 
 use std::{
     ffi::c_long,
@@ -178,6 +182,15 @@ const STACK_HEAD: i16 = -16;
 const STACK_KEY: i16 = -24;
 /// M[0]; M[i] at `STACK_MEM + 4 i`.
 const STACK_MEM: i16 = -88;
+/// Backward jumps left (see [`MAX_BACKWARD_JUMPS`]).
+const STACK_LOOPS: i16 = -96;
+
+/// How many backward jumps a filter may take per packet before it rejects
+/// the packet. libpcap emits them only for `protochain`, one per IPv6
+/// extension header (or IPv4 AH header) walked; its interpreter has no
+/// limit. The verifier must see an end to every loop, and walks each
+/// iteration: 32 headers cost it ~10 k instructions.
+pub const MAX_BACKWARD_JUMPS: i32 = 32;
 
 // Context fields (UAPI: struct xdp_md, struct __sk_buff).
 const XDP_DATA: i16 = 0;
@@ -186,6 +199,9 @@ const SKB_LEN: i16 = 0;
 const SKB_VLAN_PRESENT: i16 = 20;
 const SKB_VLAN_TCI: i16 = 24;
 const SKB_VLAN_PROTO: i16 = 28;
+
+/// Largest offset a load may start at (see `load_ind`).
+const MAX_OFFSET: i32 = 0xffff - 4;
 
 /// Bytes of a tagged frame assembled in the map value.
 const TAGGED_HEAD: u32 = 24;
@@ -322,9 +338,9 @@ impl Emitter {
 
     /// `dst = be(size bytes at offset k)`.
     fn load_abs(&mut self, dst: u8, k: u32, size: u32) {
-        // Past 64 KiB nothing is in an XDP frame, and a TC offset is 32-bit
-        // signed for the helper: no packet has the bytes either way.
-        if k > 0xffff {
+        // Past 64 KiB nothing is in an XDP frame (nor in any skb short of
+        // BIG TCP's): no packet has the bytes.
+        if k > MAX_OFFSET as u32 {
             self.goto(Target::Reject);
             return;
         }
@@ -353,16 +369,17 @@ impl Emitter {
 
     /// `dst = be(size bytes at offset X + k)`.
     fn load_ind(&mut self, dst: u8, k: u32, size: u32) {
-        if k > 0xffff {
+        if k > MAX_OFFSET as u32 {
             self.goto(Target::Reject);
             return;
         }
-        // X + k without 32-bit wrap-around, as libpcap checks it; beyond
-        // 64 KiB no packet has the bytes (and the verifier wants the bound
-        // before an offset is added to a packet pointer).
+        // X + k without 32-bit wrap-around, as libpcap checks it. Beyond
+        // 64 KiB minus 4 no packet here has the bytes, and the verifier
+        // wants a packet pointer's offset plus the access size within
+        // 64 KiB before it learns anything from the end check.
         self.mov(R2, X);
         self.add_imm(R2, k as i32);
-        self.jump(op::JMP | op::JGT | op::K, R2, 0, 0xffff, Target::Reject);
+        self.jump(op::JMP | op::JGT | op::K, R2, 0, MAX_OFFSET, Target::Reject);
         match self.hook {
             Hook::Xdp => {
                 self.push(insn(op::ALU64 | op::ADD | op::X, R2, R9, 0, 0));
@@ -478,6 +495,7 @@ pub fn translate(
     for &k in &used_mem {
         e.push(insn(op::ST | op::MEM | op::W, FP, 0, mem_slot(k), 0));
     }
+    e.push(insn(op::ST | op::MEM | op::DW, FP, 0, STACK_LOOPS, MAX_BACKWARD_JUMPS));
     match hook {
         Hook::Xdp => {
             e.push(insn(op::LDX | op::MEM | op::W, R9, CTX, XDP_DATA, 0));
@@ -652,11 +670,19 @@ pub fn translate(
             cbpf::JMP => {
                 let operation = i.code & 0xf0;
                 if operation == cbpf::JA {
-                    let Some(to) = pc.checked_add(1 + i.k as usize) else {
+                    // libpcap's interpreter adds k with wrap-around: its
+                    // `protochain` walks IPv6 extension headers with a
+                    // backward `ja`.
+                    let to = (pc as i64) + 1 + i64::from(i.k as i32);
+                    let Some(to) = usize::try_from(to).ok().filter(|&t| t < program.len()) else {
                         return Err(fail(pc, i.code, "jump out of the program"));
                     };
-                    if to >= program.len() {
-                        return Err(fail(pc, i.code, "jump out of the program"));
+                    if to <= pc {
+                        // A loop: bounded, for the verifier.
+                        e.push(insn(op::LDX | op::MEM | op::DW, R4, FP, STACK_LOOPS, 0));
+                        e.jump(op::JMP | op::JEQ | op::K, R4, 0, 0, Target::Reject);
+                        e.add_imm(R4, -1);
+                        e.push(insn(op::STX | op::MEM | op::DW, FP, R4, STACK_LOOPS, 0));
                     }
                     e.goto(Target::Classic(to));
                     continue;
