@@ -57,9 +57,11 @@
 //! for behaviours and loss, `nft`; for delay, `tc` and the kernel's netem.
 
 pub mod forge;
+pub mod frames;
 pub mod http;
 mod netns;
 pub mod probe;
+pub mod tcpdump;
 mod topology;
 
 pub use netns::{Netns, Spawned, cleanup_stale};
