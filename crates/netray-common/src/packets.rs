@@ -8,9 +8,10 @@
 //! into [`field::COUNT`] words and add it to a per-CPU hash of
 //! [`FlowKey`] → [`FlowValue`].
 
-/// Bytes of the per-CPU value where the TC filter assembles the head of a
-/// frame whose VLAN tag the skb holds in its metadata (it uses 24).
-pub const TAGGED_HEAD: usize = 32;
+/// Bytes of the filters' per-CPU scratch value: the TC filter assembles
+/// there the head of a frame whose VLAN tag the skb holds in its metadata
+/// (bytes 0..24), and a loop of either filter passes X through it (28..32).
+pub const FILTER_SCRATCH: usize = 32;
 
 /// Largest snaplen: the kernel builds each record in a per-CPU scratch
 /// value, which must stay under the 32 KiB per-CPU allocation limit.

@@ -38,8 +38,8 @@ use aya_ebpf::{
 use netray_ebpf::{Packet, TcPacket, XdpPacket, zero_words};
 
 use netray_common::packets::{
-    CaptureConfig as Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, MAX_SNAPLEN,
-    RecordHeader, TAGGED_HEAD, field,
+    CaptureConfig as Config, DIRECTION_EGRESS, DIRECTION_INGRESS, FILTER_SCRATCH, FlowKey,
+    FlowValue, MAX_SNAPLEN, RecordHeader, field,
     stat::{
         COUNT as STAT_COUNT, DELIVERED as STAT_DELIVERED, LOST as STAT_LOST,
         MATCHED as STAT_MATCHED, SEEN as STAT_SEEN, UNFILTERED as STAT_UNFILTERED,
@@ -87,10 +87,10 @@ static PACKETS_XDP_CAPTURE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static PACKETS_TC_CAPTURE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Where the TC filter assembles the first bytes of a frame whose VLAN tag
-/// is in the skb's metadata.
+/// The filters' scratch value (see `netray::packets::ebpf_filter`).
 #[map]
-static PACKETS_TAGGED_HEAD: PerCpuArray<[u8; TAGGED_HEAD]> = PerCpuArray::with_max_entries(1, 0);
+static PACKETS_FILTER_SCRATCH: PerCpuArray<[u8; FILTER_SCRATCH]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static PACKETS_CONFIG: Array<Config> = Array::with_max_entries(1, 0);

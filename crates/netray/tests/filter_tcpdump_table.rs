@@ -6,8 +6,16 @@
 //! drop others, or agreeing with tcpdump on them would prove little).
 //!
 //! tcpdump's verdicts (which frames each expression keeps) are computed once
-//! per test binary, in parallel, and shared: comparisons with netray's own
-//! filters belong here too. Needs no root, but tcpdump: the tests fail, never
+//! per test binary, in parallel, and shared by the comparisons with netray:
+//! - netray compiles every expression (libpcap, as netray links it) and its
+//!   userspace evaluation keeps exactly tcpdump's frames;
+//! - netray rejects every invalid expression with tcpdump's message;
+//! - the real capture programs (XDP and TC, with the filter translated to
+//!   eBPF), run on every frame with `BPF_PROG_TEST_RUN`, keep exactly
+//!   tcpdump's frames (this one needs root and runs on every kernel of the
+//!   matrix).
+//!
+//! The rest needs no root, but tcpdump: the tests fail, never
 //! skip, when it is missing. Set `NETRAY_FILTER_TABLE_PCAP=PATH` to keep a
 //! copy of the frames (frame `i` at `i` seconds) for a look with tcpdump or
 //! Wireshark.
@@ -16,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use netray_testbed::frames::{conformance_frames, write_pcap};
+use netray::packets::{capture::TestCapture, ebpf_filter::Hook, filter::Program};
+use netray_testbed::frames::{PCAP_SNAPLEN, conformance_frames, write_pcap};
 use netray_testbed::tcpdump::{
     read_expressions, tcpdump_error, tcpdump_kept_many, tcpdump_version,
 };
@@ -243,4 +252,166 @@ fn every_kind_of_frame_is_there() {
         })
         .collect();
     assert!(missing.is_empty(), "no frame for {missing:?}");
+}
+
+/// Expressions libpcap compiles for a live capture only (Linux ancillary
+/// data): tcpdump refuses them for a savefile, netray (a live capture)
+/// takes them.
+const LIVE_ONLY: [&str; 3] = ["inbound", "outbound", "ifindex 1"];
+
+#[test]
+fn netray_keeps_what_tcpdump_keeps_in_userspace() {
+    let table = table();
+    let mut wrong = Vec::new();
+    for (expr, kept) in table.expressions.iter().zip(&table.kept) {
+        let program = match Program::compile(expr, PCAP_SNAPLEN) {
+            Ok(program) => program,
+            Err(err) => {
+                wrong.push(format!("{expr:?}: {err}"));
+                continue;
+            }
+        };
+        let ours: Vec<usize> = (0..table.frames.len())
+            .filter(|&i| program.matches(&table.frames[i]))
+            .collect();
+        if &ours != kept {
+            wrong.push(format!(
+                "{expr:?}: netray keeps {} frames, tcpdump {}",
+                ours.len(),
+                kept.len()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn netray_rejects_what_tcpdump_rejects_with_its_message() {
+    require_tcpdump();
+    let invalid = read_expressions(&data("filter_invalid.txt")).expect("reading the table");
+    let mut wrong = Vec::new();
+    for expr in &invalid {
+        let ours = Program::compile(expr, PCAP_SNAPLEN);
+        if LIVE_ONLY.contains(&expr.as_str()) {
+            if let Err(err) = ours {
+                wrong.push(format!(
+                    "{expr:?}: a live capture takes it, netray says {err}"
+                ));
+            }
+            continue;
+        }
+        let theirs = tcpdump_error(expr).unwrap_or_default();
+        match ours {
+            Ok(_) => wrong.push(format!("{expr:?}: accepted, tcpdump says {theirs}")),
+            Err(err) if err.message != theirs => {
+                wrong.push(format!(
+                    "{expr:?}: netray says {:?}, tcpdump {theirs:?}",
+                    err.message
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Whether the kernel may refuse `frame` for a TC test run: an IPv4 or IPv6
+/// frame cut inside its fixed IP header (the skb test run wants that
+/// header whole).
+fn tc_untestable(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.len() < 14 + 20,
+        Some([0x86, 0xdd]) => frame.len() < 14 + 40,
+        _ => false,
+    }
+}
+
+#[test]
+fn kernel_programs_keep_what_tcpdump_keeps() -> anyhow::Result<()> {
+    let table = table();
+    // The kernel builds no test packet under 14 bytes (nor do the hooks
+    // ever see one).
+    let testable: Vec<usize> = (0..table.frames.len())
+        .filter(|&i| table.frames[i].len() >= 14)
+        .collect();
+    let frames: Vec<&[u8]> = testable
+        .iter()
+        .map(|&i| table.frames[i].as_slice())
+        .collect();
+    let start = Instant::now();
+    let mut capture = TestCapture::load(&Program::default())?;
+    let mut wrong = Vec::new();
+    let mut untested = 0usize;
+    for (expr, kept) in table.expressions.iter().zip(&table.kept) {
+        let program = Program::compile(expr, PCAP_SNAPLEN)?;
+        if let Err(err) = capture.set_filter(&program) {
+            wrong.push(format!("{expr:?}: {err:#}"));
+            continue;
+        }
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let verdicts = capture.run(hook, &frames)?;
+            for (n, verdict) in verdicts.iter().enumerate() {
+                let i = testable[n];
+                let theirs = kept.binary_search(&i).is_ok();
+                match verdict {
+                    Some(ours) if *ours != theirs => wrong.push(format!(
+                        "{expr:?} {hook:?}: frame {i} ({} bytes): netray {ours}, tcpdump {theirs}",
+                        frames[n].len()
+                    )),
+                    Some(_) => {}
+                    None if hook == Hook::Tc && tc_untestable(frames[n]) => untested += 1,
+                    None => wrong.push(format!(
+                        "{expr:?} {hook:?}: frame {i}: the kernel refused to run it"
+                    )),
+                }
+            }
+        }
+    }
+    println!(
+        "kernel: {} expressions x {} frames x 2 hooks in {:.1?} ({untested} truncated IP frames \
+         the kernel does not test-run at TC)",
+        table.expressions.len(),
+        frames.len(),
+        start.elapsed()
+    );
+    let shown: Vec<&String> = wrong.iter().take(40).collect();
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "{} disagreements with tcpdump, first ones:\n{}",
+        wrong.len(),
+        shown
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn live_only_expressions_see_the_hooks_direction_and_interface() -> anyhow::Result<()> {
+    let mut frame = vec![0u8; 60];
+    frame[12] = 0x08;
+    frame[14] = 0x45;
+    let mut capture = TestCapture::load(&Program::default())?;
+    for (expr, xdp, tc) in [("inbound", true, false), ("outbound", false, true)] {
+        capture.set_filter(&Program::compile(expr, PCAP_SNAPLEN)?)?;
+        assert_eq!(
+            capture.run(Hook::Xdp, &[&frame])?,
+            vec![Some(xdp)],
+            "{expr} at XDP"
+        );
+        assert_eq!(
+            capture.run(Hook::Tc, &[&frame])?,
+            vec![Some(tc)],
+            "{expr} at TC"
+        );
+    }
+    // A test run's packets come from loopback (XDP: ingress ifindex 1).
+    capture.set_filter(&Program::compile("ifindex 1", PCAP_SNAPLEN)?)?;
+    assert_eq!(capture.run(Hook::Xdp, &[&frame])?, vec![Some(true)]);
+    capture.set_filter(&Program::compile("ifindex 12345", PCAP_SNAPLEN)?)?;
+    assert_eq!(capture.run(Hook::Xdp, &[&frame])?, vec![Some(false)]);
+    assert_eq!(capture.run(Hook::Tc, &[&frame])?, vec![Some(false)]);
+    Ok(())
 }

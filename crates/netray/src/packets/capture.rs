@@ -673,19 +673,16 @@ fn load_filter(ebpf: &Ebpf, filter: &filter::Program, hook: Hook) -> anyhow::Res
         Some(aya::maps::Map::ProgramArray(m)) => Ok(m.fd().as_fd()),
         _ => Err(anyhow!("program array {name} missing")),
     };
-    let head = match hook {
-        Hook::Xdp => None,
-        Hook::Tc => match ebpf.map("PACKETS_TAGGED_HEAD") {
-            Some(aya::maps::Map::PerCpuArray(m)) => Some(m.fd().as_fd()),
-            _ => return Err(anyhow!("map PACKETS_TAGGED_HEAD missing")),
-        },
+    let scratch = match ebpf.map("PACKETS_FILTER_SCRATCH") {
+        Some(aya::maps::Map::PerCpuArray(m)) => m.fd().as_fd(),
+        _ => return Err(anyhow!("map PACKETS_FILTER_SCRATCH missing")),
     };
     let insns = ebpf_filter::translate(
         filter.insns(),
         hook,
         FilterMaps {
             capture: program_array(capture_map)?,
-            tagged_head: head,
+            scratch,
         },
     )
     .with_context(|| format!("translating the filter {:?}", filter.text()))?;

@@ -22,6 +22,10 @@
 //!   support); TC with `bpf_skb_load_bytes`, which also reads non-linear
 //!   skbs.
 //! - Division or modulo by X = 0 rejects; shifts by 32 or more give 0.
+//! - Linux's ancillary loads, which a dead handle emits for `inbound`,
+//!   `outbound` and `ifindex N` (tcpdump accepts those for a live capture,
+//!   not for a savefile): the packet type is "received" at XDP and
+//!   PACKET_OUTGOING at TC egress, the interface index the hook's.
 //! - On TC, a VLAN tag the skb holds in its metadata (transmit offload) is
 //!   put back between the MAC addresses and the rest, where libpcap on
 //!   Linux shows it: offsets from 16 on read the skb 4 bytes earlier, the
@@ -59,9 +63,10 @@ pub struct FilterMaps<'a> {
     /// One-slot program array holding the capture program it tail-calls on
     /// a match.
     pub capture: BorrowedFd<'a>,
-    /// TC only: a per-CPU array with one value of at least 24 bytes, where
-    /// the first bytes of a frame with an offloaded VLAN tag are built.
-    pub tagged_head: Option<BorrowedFd<'a>>,
+    /// A per-CPU array with one value of at least 32 bytes: TC builds the
+    /// first 24 bytes of a frame with an offloaded VLAN tag there, and a
+    /// loop passes X through bytes 28..32 (see [`MAX_BACKWARD_JUMPS`]).
+    pub scratch: BorrowedFd<'a>,
 }
 
 /// A translation error: an instruction libpcap does not emit for Ethernet
@@ -189,19 +194,29 @@ const STACK_LOOPS: i16 = -96;
 /// the packet. libpcap emits them only for `protochain`, one per IPv6
 /// extension header (or IPv4 AH header) walked; its interpreter has no
 /// limit. The verifier must see an end to every loop, and walks each
-/// iteration: 32 headers cost it ~10 k instructions.
+/// iteration (see `Emitter::loop_back`).
 pub const MAX_BACKWARD_JUMPS: i32 = 32;
 
 // Context fields (UAPI: struct xdp_md, struct __sk_buff).
 const XDP_DATA: i16 = 0;
 const XDP_DATA_END: i16 = 4;
+const XDP_INGRESS_IFINDEX: i16 = 12;
 const SKB_LEN: i16 = 0;
+const SKB_IFINDEX: i16 = 40;
 const SKB_VLAN_PRESENT: i16 = 20;
 const SKB_VLAN_TCI: i16 = 24;
 const SKB_VLAN_PROTO: i16 = 28;
 
 /// Largest offset a load may start at (see `load_ind`).
 const MAX_OFFSET: i32 = 0xffff - 4;
+
+// Classic BPF ancillary loads (linux/filter.h): offsets from SKF_AD_OFF.
+const SKF_AD_OFF: u32 = 0xffff_f000;
+const SKF_AD_PKTTYPE: u32 = 4;
+const SKF_AD_IFINDEX: u32 = 8;
+
+/// Where a loop puts X in the scratch value.
+const SCRATCH_X: i16 = 28;
 
 /// Bytes of a tagged frame assembled in the map value.
 const TAGGED_HEAD: u32 = 24;
@@ -442,6 +457,32 @@ impl Emitter {
         self.swap_to_host(dst, size);
     }
 
+    /// Before a backward jump: counts it (rejecting the packet past
+    /// [`MAX_BACKWARD_JUMPS`]), and passes X through map memory, whose
+    /// contents the verifier does not track. Each iteration of libpcap's
+    /// extension-header walk moves X by a multiple of 8 or of 4 (AH); with
+    /// X's exact bounds and bits the verifier would tell the paths apart
+    /// and walk 2^n of them, with X unknown (bounded where it is used) the
+    /// paths meet at the loop's head and it walks n iterations.
+    fn loop_back(&mut self, scratch: BorrowedFd<'_>) {
+        self.push(insn(op::LDX | op::MEM | op::DW, R4, FP, STACK_LOOPS, 0));
+        self.jump(op::JMP | op::JEQ | op::K, R4, 0, 0, Target::Reject);
+        self.add_imm(R4, -1);
+        self.push(insn(op::STX | op::MEM | op::DW, FP, R4, STACK_LOOPS, 0));
+        self.push(insn(op::ST | op::MEM | op::W, FP, 0, STACK_KEY, 0));
+        self.ld_map_fd(R1, scratch);
+        self.mov(R2, FP);
+        self.add_imm(R2, STACK_KEY as i32);
+        self.call(MAP_LOOKUP_ELEM);
+        self.jump(op::JMP | op::JEQ | op::K, R0, 0, 0, Target::Reject);
+        self.push(insn(op::STX | op::MEM | op::W, R0, X, SCRATCH_X, 0));
+        self.push(insn(op::LDX | op::MEM | op::W, X, R0, SCRATCH_X, 0));
+        if self.hook == Hook::Xdp {
+            // The call took r5.
+            self.push(insn(op::LDX | op::MEM | op::W, R5, CTX, XDP_DATA_END, 0));
+        }
+    }
+
     // Labels inside a block: a jump to a label records the label's number;
     // `bind` sets its position.
     fn new_label(&mut self) -> Target {
@@ -495,16 +536,19 @@ pub fn translate(
     for &k in &used_mem {
         e.push(insn(op::ST | op::MEM | op::W, FP, 0, mem_slot(k), 0));
     }
-    e.push(insn(op::ST | op::MEM | op::DW, FP, 0, STACK_LOOPS, MAX_BACKWARD_JUMPS));
+    e.push(insn(
+        op::ST | op::MEM | op::DW,
+        FP,
+        0,
+        STACK_LOOPS,
+        MAX_BACKWARD_JUMPS,
+    ));
     match hook {
         Hook::Xdp => {
             e.push(insn(op::LDX | op::MEM | op::W, R9, CTX, XDP_DATA, 0));
             e.push(insn(op::LDX | op::MEM | op::W, R5, CTX, XDP_DATA_END, 0));
         }
         Hook::Tc => {
-            let Some(head) = maps.tagged_head else {
-                return Err(fail(0, 0, "no map for tagged frames"));
-            };
             e.push(insn(
                 op::LDX | op::MEM | op::W,
                 R9,
@@ -516,7 +560,7 @@ pub fn translate(
             e.jump(op::JMP | op::JEQ | op::K, R9, 0, 0, body);
             // Tagged: assemble MACs, TPID, TCI, 8 more bytes.
             e.push(insn(op::ST | op::MEM | op::W, FP, 0, STACK_KEY, 0));
-            e.ld_map_fd(R1, head);
+            e.ld_map_fd(R1, maps.scratch);
             e.mov(R2, FP);
             e.add_imm(R2, STACK_KEY as i32);
             e.call(MAP_LOOKUP_ELEM);
@@ -589,12 +633,41 @@ pub fn translate(
                         let Some(size) = size(i.code) else {
                             return Err(fail(pc, i.code, "bad load size"));
                         };
-                        if i.k >= 0xffff_f000 {
-                            return Err(fail(
-                                pc,
-                                i.code,
-                                "ancillary load (live Linux handles only)",
-                            ));
+                        if i.k >= SKF_AD_OFF {
+                            // Linux's ancillary data, which libpcap uses
+                            // for `inbound`, `outbound` and `ifindex`.
+                            match (i.k - SKF_AD_OFF, hook) {
+                                // A received packet is not PACKET_OUTGOING
+                                // (4); all `inbound` asks.
+                                (SKF_AD_PKTTYPE, Hook::Xdp) => e.mov_imm(dst, 0),
+                                (SKF_AD_PKTTYPE, Hook::Tc) => e.mov_imm(dst, 4),
+                                (SKF_AD_IFINDEX, Hook::Xdp) => {
+                                    e.push(insn(
+                                        op::LDX | op::MEM | op::W,
+                                        dst,
+                                        CTX,
+                                        XDP_INGRESS_IFINDEX,
+                                        0,
+                                    ));
+                                }
+                                (SKF_AD_IFINDEX, Hook::Tc) => {
+                                    e.push(insn(
+                                        op::LDX | op::MEM | op::W,
+                                        dst,
+                                        CTX,
+                                        SKB_IFINDEX,
+                                        0,
+                                    ));
+                                }
+                                _ => {
+                                    return Err(fail(
+                                        pc,
+                                        i.code,
+                                        "ancillary load other than packet type and interface index",
+                                    ));
+                                }
+                            }
+                            continue;
                         }
                         e.load_abs(dst, i.k, size);
                     }
@@ -678,11 +751,7 @@ pub fn translate(
                         return Err(fail(pc, i.code, "jump out of the program"));
                     };
                     if to <= pc {
-                        // A loop: bounded, for the verifier.
-                        e.push(insn(op::LDX | op::MEM | op::DW, R4, FP, STACK_LOOPS, 0));
-                        e.jump(op::JMP | op::JEQ | op::K, R4, 0, 0, Target::Reject);
-                        e.add_imm(R4, -1);
-                        e.push(insn(op::STX | op::MEM | op::DW, FP, R4, STACK_LOOPS, 0));
+                        e.loop_back(maps.scratch);
                     }
                     e.goto(Target::Classic(to));
                     continue;
