@@ -263,35 +263,45 @@ macro_rules! budget {
 
 use netray::objects::{CONNS, INBAND, PACKETS};
 
-/// `packets_xdp` calls `bpf_xdp_load_bytes` (Linux 5.18): before, the kernel
-/// must refuse it naming that helper, and netray uses `packets_xdp_linear`
-/// (budgeted below on every kernel).
+/// `packets_xdp_capture` calls `bpf_xdp_load_bytes` (Linux 5.18): before,
+/// the kernel must refuse it naming that helper, and netray uses
+/// `packets_xdp_capture_linear` (budgeted below on every kernel).
 #[test]
-fn packets_xdp() {
+fn packets_xdp_capture() {
     if kernel() >= KernelVersion::new(5, 18, 0) {
-        check_budget(PACKETS, "packets_xdp", Kind::Xdp, 80_000);
+        check_budget(PACKETS, "packets_xdp_capture", Kind::Xdp, 80_000);
         return;
     }
-    let error = verified_instructions(PACKETS, "packets_xdp", Kind::Xdp)
+    let error = verified_instructions(PACKETS, "packets_xdp_capture", Kind::Xdp)
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
     assert!(
         error.contains("has no BPF helper bpf_xdp_load_bytes"),
-        "packets_xdp on Linux {} (before 5.18) must be refused for its helper, got: {error:?}",
+        "packets_xdp_capture on Linux {} (before 5.18) must be refused for its helper, \
+         got: {error:?}",
         release()
     );
 }
 
 // Measured (verified instructions): 6.18 host 55116; 6.1 and 6.12 load it too.
 budget!(
-    packets_xdp_linear,
+    packets_xdp_capture_linear,
     PACKETS,
-    "packets_xdp_linear",
+    "packets_xdp_capture_linear",
     Kind::Xdp,
     120_000
 );
-budget!(packets_tc, PACKETS, "packets_tc", Kind::Tc, 40_000);
+budget!(
+    packets_tc_capture,
+    PACKETS,
+    "packets_tc_capture",
+    Kind::Tc,
+    40_000
+);
+// The attached programs only count and tail-call the filter.
+budget!(packets_xdp, PACKETS, "packets_xdp", Kind::Xdp, 100);
+budget!(packets_tc, PACKETS, "packets_tc", Kind::Tc, 100);
 budget!(inband_xdp, INBAND, "inband_xdp", Kind::Xdp, 100_000);
 budget!(
     inband_tc_egress,
