@@ -20,7 +20,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Packet tracer: XDP ingress + TC egress capture with in-kernel filters.
+    /// Packet tracer: XDP ingress + TC egress capture with in-kernel filters (-r: read a file).
     Packets(Box<netray::packets::args::PacketsArgs>),
     /// Connection tracer: every TCP connect/accept/close with process, hostname, bytes, RTT.
     Conns(Box<netray::conns::ConnsArgs>),
@@ -70,8 +70,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Packets(args) => {
-            netray::privileges::require("packets", netray::privileges::EBPF_COMMAND)?;
+            use netray::packets::args::Action;
             let config = args.validate()?;
+            match &config.action {
+                // Neither prints the filter nor reads a file with eBPF:
+                // both work unprivileged.
+                Action::Dump => {
+                    print!("{}", netray::packets::run::dump(&config)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Action::Read { .. } => {
+                    netray::packets::offline::run(&config)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Action::Capture => {}
+            }
+            netray::privileges::require("packets", netray::privileges::EBPF_COMMAND)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let shutdown = netray::shutdown_signal_for(&runtime);
             runtime.block_on(netray::packets::run::run(config, shutdown))?;

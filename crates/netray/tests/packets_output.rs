@@ -206,6 +206,7 @@ fn pcapng_round_trips_through_tshark() {
             let dir = match r.direction {
                 Direction::Ingress => 1,
                 Direction::Egress => 2,
+                Direction::Unknown => 0,
             };
             assert_eq!(
                 u32::from_str_radix(row[3].trim_start_matches("0x"), 16),

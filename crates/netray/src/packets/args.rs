@@ -1,6 +1,11 @@
 //! `netray packets` command-line arguments, their validation, and the
 //! [`OutputSink`] that writes records as text, JSON lines or pcapng and
 //! reports the end-of-run accounting.
+//!
+//! Three actions share the filter and the outputs: a live capture (eBPF,
+//! root), `-r FILE` (packets read from a pcap or pcapng file, unprivileged)
+//! and `-d` (print the compiled filter as `tcpdump -d` does, capture
+//! nothing).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -15,6 +20,11 @@ use super::{CaptureCounts, Direction, PacketRecord};
 /// Default snaplen: the kernel side's maximum (tcpdump's 262144 would only be
 /// clamped to it); larger than any non-GSO frame.
 pub const DEFAULT_SNAPLEN: u32 = crate::packets::capture::MAX_SNAPLEN;
+
+/// tcpdump's default snaplen (its maximum): what `-d` and `-r` compile the
+/// filter with when `-s` is not given, so that `netray packets -d` prints
+/// what `tcpdump -d` prints (the accepting `ret` returns the snaplen).
+pub const TCPDUMP_SNAPLEN: u32 = 262_144;
 
 /// Which directions to capture.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -58,16 +68,28 @@ pub struct PacketsArgs {
     /// Stop after SECS seconds (fractions allowed).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Capture at most BYTES bytes of each packet.
-    #[arg(short = 's', long, value_name = "BYTES", default_value_t = DEFAULT_SNAPLEN)]
-    pub snaplen: u32,
+    /// Capture at most BYTES bytes of each packet [default: 16384]. With -r,
+    /// cut the packets read to BYTES (default: as in the file); with -d, the
+    /// value the program returns (default: 262144, as tcpdump).
+    #[arg(short = 's', long, value_name = "BYTES")]
+    pub snaplen: Option<u32>,
     /// Show per-flow packet and byte rates (top talkers) instead of packets.
     #[arg(long)]
     pub flows: bool,
-    /// Which direction(s) to capture.
+    /// Which direction(s) to capture. With -r: the packets a pcapng file
+    /// marks inbound or outbound (pcap files record no direction).
     #[arg(long, value_enum, default_value_t = DirectionArg::Both)]
     pub direction: DirectionArg,
-    /// Filter expression (tcpdump-like words, e.g. `tcp port 443`).
+    /// Read packets from a pcap or pcapng file (`-` for stdin) instead of
+    /// capturing: no eBPF, no root. Ethernet captures only.
+    #[arg(short = 'r', long = "read", value_name = "FILE")]
+    pub read: Option<PathBuf>,
+    /// Print the compiled filter program as `tcpdump -d` does, and exit
+    /// without capturing (no root needed).
+    #[arg(short = 'd')]
+    pub dump: bool,
+    /// Filter expression in tcpdump's language, compiled by libpcap (e.g.
+    /// `tcp port 443`, `tcp[tcpflags] & tcp-syn != 0`).
     #[arg(value_name = "FILTER", trailing_var_arg = true, num_args = 0..)]
     pub filter: Vec<String>,
 }
@@ -90,9 +112,30 @@ pub enum OutputMode {
     },
 }
 
+/// What a `netray packets` run does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Capture live on the interfaces (eBPF; needs root).
+    Capture,
+    /// `-r FILE`: filter the packets of a pcap or pcapng file (`-` is
+    /// stdin) into the output.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// `-s`: cut the packets read to this many bytes (after filtering,
+        /// as a capture cuts after its filter); `None` keeps them as the
+        /// file has them.
+        cut: Option<u32>,
+    },
+    /// `-d`: print the compiled filter program and exit.
+    Dump,
+}
+
 /// Validated settings for a capture run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PacketsConfig {
+    /// Capture, read a file, or print the filter program.
+    pub action: Action,
     /// Interfaces (empty: all).
     pub interfaces: Vec<String>,
     /// The filter words joined with spaces, if any.
@@ -103,7 +146,10 @@ pub struct PacketsConfig {
     pub count: Option<u64>,
     /// Time limit.
     pub duration: Option<Duration>,
-    /// Snaplen (bytes).
+    /// Snaplen (bytes): what the capture copies of each packet and the
+    /// filter program's accepting `ret` returns ([`DEFAULT_SNAPLEN`] for a
+    /// capture, [`TCPDUMP_SNAPLEN`] for `-d` and `-r` unless `-s` is
+    /// given).
     pub snaplen: u32,
     /// Direction(s).
     pub direction: DirectionArg,
@@ -136,12 +182,28 @@ pub enum ArgsError {
     /// `-i ""`.
     #[error("-i needs an interface name")]
     EmptyInterface,
+    /// `-r ""`.
+    #[error("-r needs a file name (or - for stdin)")]
+    EmptyReadPath,
+    /// `-r` with `-i`.
+    #[error("-r reads packets from a file, so it cannot be combined with -i")]
+    ReadWithInterface,
+    /// `-r` with `--duration`.
+    #[error(
+        "--duration stops a live capture; -r reads the file to its end (use -c to stop earlier)"
+    )]
+    ReadWithDuration,
+    /// `-d` with an option about packets (named in the message).
+    #[error(
+        "-d prints the compiled filter and captures nothing, so it cannot be combined with {0}"
+    )]
+    DumpWith(&'static str),
 }
 
 impl PacketsArgs {
     /// Checks the arguments and turns them into a [`PacketsConfig`].
     pub fn validate(&self) -> Result<PacketsConfig, ArgsError> {
-        if self.snaplen == 0 {
+        if self.snaplen == Some(0) {
             return Err(ArgsError::ZeroSnaplen);
         }
         if self.count == Some(0) {
@@ -158,6 +220,41 @@ impl PacketsArgs {
                     .filter(|d| !d.is_zero())
                     .ok_or_else(|| ArgsError::BadDuration(d.to_string()))?,
             ),
+        };
+        let action = if self.dump {
+            // -i is accepted (tcpdump -d -i IFACE is common): every
+            // interface netray captures on is Ethernet, so the program is
+            // the same. --direction does not change the program either.
+            let conflict = [
+                (self.read.is_some(), "-r"),
+                (self.write.is_some(), "-w"),
+                (self.json, "--json"),
+                (self.flows, "--flows"),
+                (self.count.is_some(), "-c"),
+                (self.duration.is_some(), "--duration"),
+            ]
+            .into_iter()
+            .find_map(|(given, name)| given.then_some(name));
+            if let Some(name) = conflict {
+                return Err(ArgsError::DumpWith(name));
+            }
+            Action::Dump
+        } else if let Some(path) = &self.read {
+            if path.as_os_str().is_empty() {
+                return Err(ArgsError::EmptyReadPath);
+            }
+            if !self.interfaces.is_empty() {
+                return Err(ArgsError::ReadWithInterface);
+            }
+            if duration.is_some() {
+                return Err(ArgsError::ReadWithDuration);
+            }
+            Action::Read {
+                path: path.clone(),
+                cut: self.snaplen,
+            }
+        } else {
+            Action::Capture
         };
         let output = match (&self.write, self.flows, self.json) {
             (Some(_), true, _) => return Err(ArgsError::FlowsWithWrite),
@@ -176,14 +273,19 @@ impl PacketsArgs {
             (None, false, true) => OutputMode::Json,
             (None, false, false) => OutputMode::Text,
         };
+        let snaplen = self.snaplen.unwrap_or(match action {
+            Action::Capture => DEFAULT_SNAPLEN,
+            Action::Read { .. } | Action::Dump => TCPDUMP_SNAPLEN,
+        });
         let filter = self.filter.join(" ");
         Ok(PacketsConfig {
+            action,
             interfaces: self.interfaces.clone(),
             filter: (!filter.trim().is_empty()).then(|| filter.trim().to_string()),
             output,
             count: self.count,
             duration,
-            snaplen: self.snaplen,
+            snaplen,
             direction: self.direction,
         })
     }
@@ -231,11 +333,18 @@ impl OutputSink {
         // output stays live, including for a reader on a pipe such as
         // `wireshark -k -i -`, without a write per packet.
         let stdout = || -> Box<dyn Write + Send> { Box::new(BufWriter::new(io::stdout())) };
+        // The snaplen a pcapng file declares (and the sink enforces): a
+        // capture's, or for packets read from a file the -s cut, else none
+        // (0: the packets stay as the input file has them).
+        let snaplen = match &cfg.action {
+            Action::Read { cut, .. } => cut.unwrap_or(0),
+            Action::Capture | Action::Dump => cfg.snaplen,
+        };
         let kind = match &cfg.output {
             OutputMode::Text => SinkKind::Text(stdout()),
             OutputMode::Json => SinkKind::Json(stdout()),
             OutputMode::PcapngStdout => {
-                SinkKind::Pcapng(PcapNgSink::new(stdout(), cfg.snaplen, false)?)
+                SinkKind::Pcapng(PcapNgSink::new(stdout(), snaplen, false)?)
             }
             OutputMode::PcapngFile(p) => {
                 let f = File::create(p).map_err(|e| {
@@ -243,7 +352,7 @@ impl OutputSink {
                 })?;
                 SinkKind::Pcapng(PcapNgSink::new(
                     Box::new(BufWriter::with_capacity(1 << 20, f)) as Box<dyn Write + Send>,
-                    cfg.snaplen,
+                    snaplen,
                     false,
                 )?)
             }
@@ -463,7 +572,7 @@ mod tests {
         assert!(parse(&["-w", ""]).is_err());
         let a = PacketsArgs {
             write: Some(PathBuf::new()),
-            snaplen: 1,
+            snaplen: Some(1),
             ..Default::default()
         };
         assert_eq!(a.validate(), Err(ArgsError::EmptyWritePath));
@@ -490,11 +599,115 @@ mod tests {
     }
 
     #[test]
+    fn read_flag() {
+        let c = cfg(&["-r", "in.pcap", "-w", "out.pcapng", "tcp", "port", "80"]).unwrap();
+        assert_eq!(
+            c.action,
+            Action::Read {
+                path: "in.pcap".into(),
+                cut: None
+            }
+        );
+        assert_eq!(c.output, OutputMode::PcapngFile("out.pcapng".into()));
+        assert_eq!(c.filter.as_deref(), Some("tcp port 80"));
+        // The filter compiles as tcpdump -r compiles it; no cut unless -s.
+        assert_eq!(c.snaplen, TCPDUMP_SNAPLEN);
+        let c = cfg(&["--read", "-", "-s", "64", "--json", "-c", "5"]).unwrap();
+        assert_eq!(
+            c.action,
+            Action::Read {
+                path: "-".into(),
+                cut: Some(64)
+            }
+        );
+        assert_eq!((c.snaplen, c.count), (64, Some(5)));
+        assert_eq!(c.output, OutputMode::Json);
+        assert!(matches!(
+            cfg(&["-r", "f", "--flows"]).unwrap().action,
+            Action::Read { .. }
+        ));
+        // A live capture keeps the kernel side's default.
+        assert_eq!(cfg(&[]).unwrap().action, Action::Capture);
+        assert_eq!(cfg(&[]).unwrap().snaplen, DEFAULT_SNAPLEN);
+    }
+
+    #[test]
+    fn read_conflicts() {
+        assert_eq!(
+            cfg(&["-r", "f", "-i", "eth0"]),
+            Err(ArgsError::ReadWithInterface)
+        );
+        assert_eq!(
+            cfg(&["-r", "f", "--duration", "2"]),
+            Err(ArgsError::ReadWithDuration)
+        );
+        assert_eq!(cfg(&["-r", "f", "-s", "0"]), Err(ArgsError::ZeroSnaplen));
+        // The live mode's output conflicts hold for files too.
+        assert_eq!(
+            cfg(&["-r", "f", "--flows", "-c", "2"]),
+            Err(ArgsError::FlowsWithCount)
+        );
+        assert_eq!(
+            cfg(&["-r", "f", "--json", "-w", "o"]),
+            Err(ArgsError::JsonWithWrite)
+        );
+        assert!(parse(&["-r", ""]).is_err());
+        let a = PacketsArgs {
+            read: Some(PathBuf::new()),
+            ..Default::default()
+        };
+        assert_eq!(a.validate(), Err(ArgsError::EmptyReadPath));
+        assert!(parse(&["-r"]).is_err());
+        assert!(ArgsError::ReadWithInterface.to_string().contains("-i"));
+    }
+
+    #[test]
+    fn dump_flag() {
+        let c = cfg(&["-d", "tcp[tcpflags]", "&", "tcp-syn", "!=", "0"]).unwrap();
+        assert_eq!(c.action, Action::Dump);
+        assert_eq!(c.filter.as_deref(), Some("tcp[tcpflags] & tcp-syn != 0"));
+        // tcpdump -d's default snaplen, or -s.
+        assert_eq!(c.snaplen, TCPDUMP_SNAPLEN);
+        assert_eq!(cfg(&["-d", "-s", "100", "ip"]).unwrap().snaplen, 100);
+        assert_eq!(cfg(&["-d"]).unwrap().filter, None);
+        // Options that change nothing in the program are accepted.
+        assert_eq!(
+            cfg(&["-d", "-i", "eth0", "--direction", "in"])
+                .unwrap()
+                .action,
+            Action::Dump
+        );
+        for (extra, name) in [
+            (&["-w", "o.pcapng"][..], "-w"),
+            (&["-r", "in.pcap"], "-r"),
+            (&["--json"], "--json"),
+            (&["--flows"], "--flows"),
+            (&["-c", "3"], "-c"),
+            (&["--duration", "1"], "--duration"),
+            // The dump conflict is named first, not the output one.
+            (&["--flows", "-c", "3"], "--flows"),
+        ] {
+            let args: Vec<&str> = std::iter::once("-d").chain(extra.iter().copied()).collect();
+            assert_eq!(cfg(&args), Err(ArgsError::DumpWith(name)), "{args:?}");
+        }
+        assert!(
+            ArgsError::DumpWith("-w")
+                .to_string()
+                .contains("cannot be combined with -w")
+        );
+        assert_eq!(cfg(&["-d", "-s", "0"]), Err(ArgsError::ZeroSnaplen));
+    }
+
+    #[test]
     fn direction_filter() {
         assert!(DirectionArg::In.includes(Direction::Ingress));
         assert!(!DirectionArg::In.includes(Direction::Egress));
         assert!(DirectionArg::Out.includes(Direction::Egress));
         assert!(DirectionArg::Both.includes(Direction::Ingress));
+        // Unknown (a pcap file's packets) is neither in nor out.
+        assert!(DirectionArg::Both.includes(Direction::Unknown));
+        assert!(!DirectionArg::In.includes(Direction::Unknown));
+        assert!(!DirectionArg::Out.includes(Direction::Unknown));
     }
 
     /// A writer the test can inspect after handing it to the sink.

@@ -3,7 +3,9 @@
 //!
 //! The kernel keeps cumulative packet/byte counters per 5-tuple; userspace
 //! reads them periodically, converts them to [`FlowEntry`]s and hands two
-//! consecutive snapshots to [`rates`]. Pure logic, no I/O.
+//! consecutive snapshots to [`rates`]. For packets read from a file,
+//! [`FlowCounter`] keeps the same counters from the frames themselves
+//! ([`frame_flow`] keys them as the kernel does). Pure logic, no I/O.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -71,6 +73,127 @@ impl FlowEntry {
             sport: self.sport,
             dport: self.dport,
         }
+    }
+}
+
+/// The flow an Ethernet frame belongs to, keyed exactly as the kernel's
+/// flow mode keys it (`summarize` in netray-ebpf's packets program), so
+/// that `--flows -r FILE` shows the flows a live `--flows` would have: up
+/// to two VLAN tags (0x8100, 0x88a8, 0x9100) are skipped; IPv4 ports are
+/// read at the IHL only in a first fragment; IPv6 ports only when TCP, UDP
+/// or SCTP is the first next header (the protocol of a fragment is read
+/// from its fragment header, without ports; no other extension header is
+/// walked). Fields the bytes do not reach stay zero, as in the kernel.
+///
+/// `None` for frames that are not IPv4 or IPv6: the table is about IP
+/// flows (the live table drops the kernel's other entries too).
+pub fn frame_flow(frame: &[u8]) -> Option<FlowKey> {
+    let bytes = |off: usize, n: usize| frame.get(off..off.checked_add(n)?);
+    let be16 = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let eth = bytes(0, 14)?;
+    let mut ethertype = be16(&eth[12..]);
+    let mut off = 14;
+    for _ in 0..2 {
+        if !matches!(ethertype, 0x8100 | 0x88a8 | 0x9100) {
+            break;
+        }
+        let Some(tag) = bytes(off, 4) else { break };
+        ethertype = be16(&tag[2..]);
+        off += 4;
+    }
+    let ports = |off: usize| bytes(off, 4).map_or((0, 0), |p| (be16(p), be16(&p[2..])));
+    let mut key = FlowKey {
+        family: Family::Ipv4,
+        proto: 0,
+        src: IpAddr::from([0u8; 4]),
+        dst: IpAddr::from([0u8; 4]),
+        sport: 0,
+        dport: 0,
+    };
+    match ethertype {
+        0x0800 => {
+            if let Some(h) = bytes(off, 20) {
+                key.proto = h[9];
+                key.src = IpAddr::from([h[12], h[13], h[14], h[15]]);
+                key.dst = IpAddr::from([h[16], h[17], h[18], h[19]]);
+                let ihl = usize::from(h[0] & 0x0f) * 4;
+                let first = be16(&h[6..]) & 0x1fff == 0;
+                if matches!(key.proto, 6 | 17 | 132) && first {
+                    (key.sport, key.dport) = ports(off + ihl);
+                }
+            }
+        }
+        0x86dd => {
+            key.family = Family::Ipv6;
+            key.src = IpAddr::from([0u8; 16]);
+            key.dst = IpAddr::from([0u8; 16]);
+            if let Some(h) = bytes(off, 40) {
+                let next = h[6];
+                key.proto = match (next, bytes(off + 40, 2)) {
+                    (44, Some(frag)) => frag[0],
+                    _ => next,
+                };
+                let addr = |at: usize| {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&h[at..at + 16]);
+                    IpAddr::from(a)
+                };
+                key.src = addr(8);
+                key.dst = addr(24);
+                if matches!(next, 6 | 17 | 132) {
+                    (key.sport, key.dport) = ports(off + 40);
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(key)
+}
+
+/// Sums packets and wire bytes per flow of frames fed one by one (`--flows
+/// -r FILE`, where userspace sees every frame), as the kernel's flow map
+/// does for a live capture.
+#[derive(Debug, Default)]
+pub struct FlowCounter {
+    /// Packets and bytes per flow.
+    flows: HashMap<FlowKey, (u64, u64)>,
+}
+
+impl FlowCounter {
+    /// Counts `frame` (captured bytes) of `wire_len` bytes on the wire;
+    /// non-IP frames are not counted.
+    pub fn add(&mut self, frame: &[u8], wire_len: u32) {
+        if let Some(key) = frame_flow(frame) {
+            let (packets, bytes) = self.flows.entry(key).or_default();
+            *packets += 1;
+            *bytes += u64::from(wire_len);
+        }
+    }
+
+    /// The flows' totals, largest byte count first (as
+    /// [`super::capture::PacketCapture::flows`] orders them).
+    pub fn entries(&self) -> Vec<FlowEntry> {
+        let mut out: Vec<FlowEntry> = self
+            .flows
+            .iter()
+            .map(|(k, &(packets, bytes))| FlowEntry {
+                family: k.family,
+                proto: k.proto,
+                src: k.src,
+                dst: k.dst,
+                sport: k.sport,
+                dport: k.dport,
+                packets,
+                bytes,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then(b.packets.cmp(&a.packets))
+                .then(a.key().cmp(&b.key()))
+        });
+        out
     }
 }
 
@@ -322,6 +445,66 @@ mod tests {
             .unwrap();
         assert_eq!(dt, Duration::from_secs(4));
         assert_eq!((r[0].pps, r[0].bps), (2.5, 4000.0));
+    }
+
+    #[test]
+    fn frame_flows_keyed_as_the_kernel_keys_them() {
+        use crate::packets::decode::tests::{arp_request, tcp_v4, udp_v4, udp_v6_vlan};
+        let k = frame_flow(&tcp_v4(false, b"x")).unwrap();
+        assert_eq!(
+            (k.family, k.proto, k.src, k.dst, k.sport, k.dport),
+            (
+                Family::Ipv4,
+                6,
+                IpAddr::from([10, 0, 0, 1]),
+                IpAddr::from([10, 0, 0, 2]),
+                443,
+                5555
+            )
+        );
+        let v6 = udp_v6_vlan(b"x");
+        let k = frame_flow(&v6).unwrap();
+        assert_eq!(
+            (k.family, k.proto, k.sport, k.dport),
+            (Family::Ipv6, 17, 1234, 53)
+        );
+        assert_eq!(k.dst, "2001:db8::2".parse::<IpAddr>().unwrap());
+        // A second tag (QinQ) is skipped too.
+        let mut qinq = v6[..12].to_vec();
+        qinq.extend_from_slice(&[0x88, 0xa8, 0x00, 0x07]);
+        qinq.extend_from_slice(&v6[12..]);
+        assert_eq!(frame_flow(&qinq), Some(k));
+        // Not IP: no flow.
+        assert_eq!(frame_flow(&arp_request()), None);
+        assert_eq!(frame_flow(&[0u8; 13]), None);
+        // A later IPv4 fragment has no ports; an IP header cut short
+        // leaves zeros, as in the kernel.
+        let mut frag = udp_v4(b"abcd");
+        frag[14 + 6] = 0x00;
+        frag[14 + 7] = 0x10;
+        let k = frame_flow(&frag).unwrap();
+        assert_eq!((k.proto, k.sport, k.dport), (17, 0, 0));
+        let k = frame_flow(&udp_v4(b"")[..14 + 19]).unwrap();
+        assert_eq!((k.proto, k.src), (0, IpAddr::from([0u8; 4])));
+        // An IPv6 fragment: the protocol from the fragment header, no ports.
+        let mut f6 = v6.clone();
+        f6[18 + 6] = 44;
+        let k = frame_flow(&f6).unwrap();
+        assert_eq!((k.proto, k.sport), (f6[18 + 40], 0));
+    }
+
+    #[test]
+    fn counter_sums_per_flow() {
+        use crate::packets::decode::tests::{arp_request, tcp_v4, udp_v4};
+        let mut c = FlowCounter::default();
+        c.add(&tcp_v4(false, b""), 1000);
+        c.add(&tcp_v4(true, b""), 500);
+        c.add(&udp_v4(b""), 60);
+        c.add(&arp_request(), 60);
+        let e = c.entries();
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].proto, e[0].packets, e[0].bytes), (6, 2, 1500));
+        assert_eq!((e[1].proto, e[1].packets, e[1].bytes), (17, 1, 60));
     }
 
     #[test]

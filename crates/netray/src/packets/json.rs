@@ -1,7 +1,7 @@
 //! JSON lines output: one object per packet.
 //!
 //! Fields: `ts` (ns since the epoch), `iface`, `ifindex`, `dir`
-//! (`ingress`/`egress`), `len` (wire length), `caplen`, `proto`, and when
+//! (`ingress`/`egress`, `unknown` for some packets read from a file), `len` (wire length), `caplen`, `proto`, and when
 //! they exist `vlan`, `src`, `dst`, `sport`, `dport`, `tcp_flags`,
 //! `icmp_type`, `icmp_code`, `arp_op`. Absent fields are omitted rather than
 //! `null`, so consumers can test for presence.
@@ -20,7 +20,7 @@ pub struct JsonPacket<'a> {
     pub iface: &'a str,
     /// Interface index.
     pub ifindex: u32,
-    /// `ingress` or `egress`.
+    /// `ingress`, `egress` or `unknown`.
     pub dir: Direction,
     /// Length on the wire.
     pub len: u32,

@@ -2,6 +2,8 @@
 //! in-kernel filters, text / JSON lines / pcapng output, flow summaries.
 //!
 //! - [`PacketRecord`]: one captured packet as the capture hands it to output.
+//! - [`offline`]: the same outputs for packets read from a pcap or pcapng
+//!   file (`-r FILE`), unprivileged.
 
 pub mod capture;
 pub mod ebpf_filter;
@@ -20,6 +22,9 @@ pub enum Direction {
     Ingress,
     /// Sent (TC egress).
     Egress,
+    /// Not recorded: packets read from a pcap file, or from a pcapng
+    /// packet block without direction flags (`-r FILE`).
+    Unknown,
 }
 
 /// One captured packet.
@@ -33,11 +38,13 @@ pub struct PacketRecord<'a> {
     /// clock, converted from the kernel's monotonic timestamp). Kept as an
     /// integer because every output wants it as one.
     pub ts_ns: u64,
-    /// Interface index.
+    /// Interface index (for packets read from a file: the pcapng
+    /// interface id, 0 for a pcap file).
     pub ifindex: u32,
-    /// Interface name (resolved at attach time).
+    /// Interface name (resolved at attach time; from a file: the pcapng
+    /// interface's name, `-` when it has none or the file is a pcap).
     pub iface: Cow<'a, str>,
-    /// Ingress or egress.
+    /// Ingress or egress (unknown for some packets read from a file).
     pub direction: Direction,
     /// Length on the wire.
     pub wire_len: u32,
@@ -81,6 +88,7 @@ pub mod args;
 pub mod decode;
 pub mod flows;
 pub mod json;
+pub mod offline;
 pub mod pcapng;
 pub mod run;
 pub mod text;

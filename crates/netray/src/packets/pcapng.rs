@@ -6,7 +6,8 @@
 //! (pcapng allows IDBs anywhere before their first use, which lets a
 //! capture pick up interfaces as they appear), then Enhanced Packet Blocks.
 //! Timestamps are in nanoseconds (`if_tsresol` = 9). Each EPB carries the
-//! direction in its `epb_flags` option (inbound = 1, outbound = 2).
+//! direction in its `epb_flags` option (inbound = 1, outbound = 2, 0 when
+//! unknown).
 //!
 //! The section header and interface blocks go through `pcap-file`; the
 //! Enhanced Packet Blocks, one per packet, are encoded here straight into
@@ -122,6 +123,8 @@ impl<W: Write> PcapNgSink<W> {
         let flags = match rec.direction {
             Direction::Ingress => EPB_FLAG_INBOUND,
             Direction::Egress => EPB_FLAG_OUTBOUND,
+            // pcapng's "information not available".
+            Direction::Unknown => 0,
         };
         let ns = rec.ts_ns;
         // A wire length below the captured length would be invalid.

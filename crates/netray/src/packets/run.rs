@@ -1,4 +1,5 @@
-//! `netray packets`: ties the kernel capture to the output sinks.
+//! `netray packets`: ties the kernel capture to the output sinks; `-d`
+//! prints the compiled filter ([`dump`]); `-r` is [`super::offline`].
 
 use std::{
     io::Write as _,
@@ -22,7 +23,24 @@ use super::{
 const FLOW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Rows of the flow table.
-const FLOW_ROWS: usize = 20;
+pub(crate) const FLOW_ROWS: usize = 20;
+
+/// A filter libpcap refused, in tcpdump's words: libpcap's message alone
+/// (tcpdump prints `tcpdump: MESSAGE`). The message already starts with
+/// "can't parse filter expression:" when the text does not parse; a
+/// semantic error ("illegal port number 99999 > 65535") stands alone.
+pub(crate) fn filter_error(e: filter::FilterError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message)
+}
+
+/// `netray packets -d`: the filter compiled with the configured snaplen,
+/// as `tcpdump -d` prints it; libpcap's error in tcpdump's words for a
+/// filter it does not compile.
+pub fn dump(config: &PacketsConfig) -> anyhow::Result<String> {
+    let program = filter::Program::compile(config.filter.as_deref().unwrap_or(""), config.snaplen)
+        .map_err(filter_error)?;
+    Ok(program.dump())
+}
 
 /// Runs a capture until the count or duration is reached or `shutdown`
 /// completes; prints the accounting to stderr.
@@ -32,8 +50,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let filter_text = config.filter.clone().unwrap_or_default();
     // libpcap's error verbatim, as tcpdump prints it.
-    let program = filter::Program::compile(&filter_text, config.snaplen)
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let program = filter::Program::compile(&filter_text, config.snaplen).map_err(filter_error)?;
     let interfaces = if config.interfaces.is_empty() {
         let found = crate::inband::capture::up_interfaces().context("listing the up interfaces")?;
         anyhow::ensure!(

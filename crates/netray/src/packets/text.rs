@@ -42,11 +42,14 @@ fn local_hms(secs: i64) -> (u32, u32, u32) {
     }
 }
 
-/// `In` / `Out` as tcpdump prints the direction on Linux.
+/// `In` / `Out` as tcpdump prints the direction on Linux; `-` when the
+/// direction is unknown (a packet read from a pcap file), so that the
+/// line keeps its columns.
 pub fn direction_word(d: Direction) -> &'static str {
     match d {
         Direction::Ingress => "In",
         Direction::Egress => "Out",
+        Direction::Unknown => "-",
     }
 }
 
