@@ -592,6 +592,7 @@ fn read_capture_count(scratch: &Scratch, input: &str, filter: &str) -> usize {
 
 #[test]
 fn read_refuses_clearly() {
+    require_tcpdump();
     let scratch = Scratch::new("refuse");
     let sll = scratch.path("sll.pcap");
     write_pcap(&sll, DataLink::LINUX_SLL, &[]);
@@ -626,6 +627,27 @@ fn read_refuses_clearly() {
         "netray: illegal port number 99999 > 65535",
     );
     fails(&["-r", good, "--direction", "in"], "records no direction");
+    // What needs a live capture's metadata, refused in tcpdump's words.
+    for filter in [
+        "inbound",
+        "not outbound and tcp",
+        "ifindex 2",
+        "udp or ifindex 2",
+    ] {
+        let theirs = tcpdump(&["-r", good, filter]);
+        assert!(!theirs.status.success(), "tcpdump -r accepts {filter:?}");
+        let message = text(&theirs.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("tcpdump: ").map(str::to_string))
+            .unwrap_or_else(|| panic!("{filter:?}: {}", text(&theirs.stderr)));
+        let ours = netray(&["-r", good, filter]);
+        assert!(!ours.status.success(), "netray -r accepts {filter:?}");
+        assert_eq!(
+            text(&ours.stderr),
+            format!("netray: {message}\n"),
+            "{filter:?}"
+        );
+    }
     fails(&["-r", good, "-w", good], "is the file -r reads");
     // A file cut in the middle: what was read is output and counted,
     // then the error.

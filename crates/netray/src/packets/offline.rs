@@ -516,6 +516,9 @@ pub fn run(config: &PacketsConfig) -> anyhow::Result<()> {
     };
     let program = Program::compile(config.filter.as_deref().unwrap_or(""), config.snaplen)
         .map_err(super::run::filter_error)?;
+    if let Some(message) = savefile_refusal(&program) {
+        anyhow::bail!("{message}");
+    }
     let mut file = CaptureFile::open(path)?;
     if file.format() == FileFormat::Pcap && config.direction != DirectionArg::Both {
         anyhow::bail!(
@@ -634,6 +637,41 @@ pub fn file_accounting(counts: &CaptureCounts, name: &str) -> String {
         "{} packets captured\n{} packets received by filter\n0 packets dropped by kernel\n{} packets read from {name}\n",
         counts.delivered, counts.matched, counts.seen
     )
+}
+
+/// Classic BPF's `ld`/`ldh`/`ldb` with an absolute offset (class LD, mode
+/// ABS, any size).
+fn is_absolute_load(code: u16) -> bool {
+    code & 0x07 == 0x00 && code & 0xe0 == 0x20
+}
+
+/// Linux's ancillary data starts at this absolute offset (`SKF_AD_OFF`).
+const SKF_AD_OFF: u32 = 0xffff_f000;
+
+/// What libpcap says when `tcpdump -r` compiles a filter that needs a live
+/// capture's metadata, if `program` needs it.
+///
+/// Our program comes from a dead handle, for which libpcap on Linux
+/// compiles `inbound`, `outbound` and `ifindex` to ancillary loads (the
+/// packet type, the interface index), as for a live capture. For a
+/// savefile libpcap refuses them instead, with these words: a file has
+/// no such metadata, and its interpreter would only reject every packet
+/// silently. `--direction` selects by a pcapng file's direction flags.
+pub fn savefile_refusal(program: &Program) -> Option<String> {
+    program
+        .insns()
+        .iter()
+        .find(|i| is_absolute_load(i.code) && i.k >= SKF_AD_OFF)
+        .map(|i| match i.k - SKF_AD_OFF {
+            // SKF_AD_PKTTYPE.
+            4 => "inbound/outbound not supported on Ethernet when reading savefiles".to_string(),
+            // SKF_AD_IFINDEX.
+            8 => "ifindex not supported on Ethernet when reading savefiles".to_string(),
+            other => format!(
+                "the filter reads Linux packet metadata (ancillary offset {other}), which a file \
+                 does not have"
+            ),
+        })
 }
 
 /// Refuses `-w` onto the file being read: creating the output would empty
@@ -881,6 +919,36 @@ mod tests {
             iface(vec![InterfaceDescriptionOption::IfTsResol(0)]).ts_ns(u64::MAX),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn live_only_filters_are_refused_as_libpcap_refuses_them() {
+        let refusal = |text: &str| savefile_refusal(&Program::compile(text, 262_144).unwrap());
+        for text in [
+            "inbound",
+            "outbound",
+            "not inbound and tcp",
+            "tcp or outbound",
+        ] {
+            assert_eq!(
+                refusal(text).as_deref(),
+                Some("inbound/outbound not supported on Ethernet when reading savefiles"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            refusal("ifindex 3").as_deref(),
+            Some("ifindex not supported on Ethernet when reading savefiles")
+        );
+        for text in [
+            "",
+            "tcp",
+            "vlan 100 and udp",
+            "ip6 protochain 6",
+            "ether[0] = 1",
+        ] {
+            assert_eq!(refusal(text), None, "{text}");
+        }
     }
 
     #[test]
