@@ -644,15 +644,6 @@ fn attach_link(prog: BorrowedFd<'_>, iface: &str, hook: Hook) -> io::Result<Owne
     }
 }
 
-/// The id of the BPF program behind `fd` (its /proc/self/fdinfo entry).
-fn prog_id(fd: BorrowedFd<'_>) -> u64 {
-    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
-    let info = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    info.lines()
-        .find_map(|line| line.strip_prefix("prog_id:")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no prog_id in {path}"))
-}
-
 /// A pass-only program (`r0 = pass; exit`) attached to one hook of the
 /// server's interface through a bpf_link: part 2's floor. Dropping it
 /// closes the link's only fd, which detaches the program and frees it
@@ -685,7 +676,9 @@ impl Floor {
         ];
         let prog =
             ebpf_filter::load(&insns, hook, name).unwrap_or_else(|e| panic!("loading {name}: {e}"));
-        let id = prog_id(prog.as_fd());
+        let id = ebpf_filter::program_id(prog.as_fd())
+            .unwrap_or_else(|e| panic!("the id of {name}: {e}"))
+            .into();
         let link = ns
             .run(|| attach_link(prog.as_fd(), iface, hook))
             .expect("entering the server's namespace")
