@@ -9,7 +9,8 @@ pub static CHECK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 pub static INBAND: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-inband"));
 
 /// The packet tracer capture: XDP `packets_xdp` (ingress) and TC
-/// `packets_tc` (egress), filter interpreter, ring buffer and flow table.
+/// `packets_tc` (egress), which tail-call the filter loaded from libpcap's
+/// program, the capture programs it tail-calls, ring buffer and flow table.
 pub static PACKETS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netray-packets"));
 

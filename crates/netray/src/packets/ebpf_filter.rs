@@ -19,8 +19,8 @@
 //! - A load that does not fit in the packet rejects the packet, whatever
 //!   comes after (also under `not`). XDP reads the frame with direct packet
 //!   access (XDP frames are linear: the programs do not declare fragment
-//!   support); TC with `bpf_skb_load_bytes`, which also reads non-linear
-//!   skbs.
+//!   support); TC with direct packet access within the skb's linear head
+//!   and `bpf_skb_load_bytes` beyond it (non-linear skbs).
 //! - Division or modulo by X = 0 rejects; shifts by 32 or more give 0.
 //! - Linux's ancillary loads, which a dead handle emits for `inbound`,
 //!   `outbound` and `ifindex N` (tcpdump accepts those for a live capture,
@@ -203,6 +203,8 @@ const XDP_DATA_END: i16 = 4;
 const XDP_INGRESS_IFINDEX: i16 = 12;
 const SKB_LEN: i16 = 0;
 const SKB_IFINDEX: i16 = 40;
+const SKB_DATA: i16 = 76;
+const SKB_DATA_END: i16 = 80;
 const SKB_VLAN_PRESENT: i16 = 20;
 const SKB_VLAN_TCI: i16 = 24;
 const SKB_VLAN_PROTO: i16 = 28;
@@ -325,6 +327,19 @@ impl Emitter {
                 self.push(insn(op::LDX | op::MEM | width, dst, R2, 0, 0));
             }
             Hook::Tc => {
+                // The linear head with direct packet access (where the
+                // headers are, nearly always), the rest through the helper.
+                let slow = self.new_label();
+                let done = self.new_label();
+                self.push(insn(op::LDX | op::MEM | op::W, R3, CTX, SKB_DATA, 0));
+                self.push(insn(op::LDX | op::MEM | op::W, R4, CTX, SKB_DATA_END, 0));
+                self.push(insn(op::ALU64 | op::ADD | op::X, R3, R2, 0, 0));
+                self.mov(R5, R3);
+                self.add_imm(R5, size as i32);
+                self.jump(op::JMP | op::JGT | op::X, R5, R4, 0, slow);
+                self.push(insn(op::LDX | op::MEM | width, dst, R3, 0, 0));
+                self.goto(done);
+                self.bind(slow);
                 self.mov(R1, CTX);
                 self.mov(R3, FP);
                 self.add_imm(R3, STACK_LOAD as i32);
@@ -332,6 +347,7 @@ impl Emitter {
                 self.call(SKB_LOAD_BYTES);
                 self.jump(op::JMP | op::JNE | op::K, R0, 0, 0, Target::Reject);
                 self.push(insn(op::LDX | op::MEM | width, dst, FP, STACK_LOAD, 0));
+                self.bind(done);
             }
         }
         self.swap_to_host(dst, size);
