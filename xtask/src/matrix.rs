@@ -461,6 +461,7 @@ const CLAIMS: &str = "claims";
 /// these, in cargo's order.
 const SLOWEST_FIRST: &[&str] = &[
     "trace_e2e",
+    "filter_kernel",
     "conns_trace",
     "serve_e2e",
     "packets_capture",

@@ -2,8 +2,8 @@
 //! network: for each expression of `tests/data/filter_expressions.txt`,
 //! libpcap's program translated to eBPF is loaded into the XDP and the TC
 //! path (attached program, filter, capture program), and every frame of
-//! `netray_testbed::frames::conformance_frames` is run through both with
-//! `BPF_PROG_TEST_RUN`. The frames each path sends to the ring buffer must
+//! `netray_testbed::frames::conformance_frames` (every 4th in the guests)
+//! is run through both with `BPF_PROG_TEST_RUN`. The frames each path sends to the ring buffer must
 //! be exactly those libpcap's own interpreter (`bpf_filter`, what `tcpdump
 //! -r` runs) keeps; `filter_tcpdump_table` checks, on the host, that those
 //! are tcpdump's on every frame.
@@ -33,8 +33,17 @@ fn kernel_programs_keep_what_libpcap_keeps() -> anyhow::Result<()> {
     )?;
     let all = conformance_frames();
     // The kernel builds no test packet under 14 bytes (nor do the hooks
-    // ever see one).
-    let testable: Vec<usize> = (0..all.len()).filter(|&i| all[i].len() >= 14).collect();
+    // ever see one). In the matrix's guests (TCG, ~30 times slower per
+    // test run) every 4th frame, which still holds every kind and cut:
+    // each expression is loaded and verified on each kernel all the same.
+    let stride = match std::env::var("NETRAY_KERNEL_STAGE").as_deref() {
+        Ok("guest") => 4,
+        _ => 1,
+    };
+    let testable: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].len() >= 14)
+        .step_by(stride)
+        .collect();
     let frames: Vec<&[u8]> = testable.iter().map(|&i| all[i].as_slice()).collect();
     let start = Instant::now();
     let mut capture = TestCapture::load(&Program::default())?;
@@ -66,8 +75,8 @@ fn kernel_programs_keep_what_libpcap_keeps() -> anyhow::Result<()> {
         }
     }
     println!(
-        "kernel: {} expressions x {} frames x 2 hooks in {:.1?} ({untested} truncated IP frames \
-         the kernel does not test-run at TC)",
+        "kernel: {} expressions x {} frames (1 testable frame in {stride}) x 2 hooks in {:.1?} \
+         ({untested} truncated IP frames the kernel does not test-run at TC)",
         expressions.len(),
         frames.len(),
         start.elapsed()
