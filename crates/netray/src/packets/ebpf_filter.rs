@@ -425,11 +425,12 @@ impl Emitter {
                 self.jump(op::JMP | op::JEQ | op::K, R9, 0, 0, plain);
                 // Tagged, from 16 on: 4 bytes earlier in the skb.
                 self.jump(op::JMP | op::JGT | op::K, R2, 0, 15, not_after);
-                // Tagged, wholly in the MAC addresses: as it is; crossing
-                // into the tag: from the assembled head.
-                self.mov(R3, R2);
-                self.add_imm(R3, size as i32);
-                self.jump(op::JMP | op::JGT | op::K, R3, 0, 12, head);
+                // Tagged, wholly in the MAC addresses (r2 + size <= 12): as
+                // it is; crossing into the tag: from the assembled head.
+                // Compared on r2 itself: 6.12's verifier, after
+                // `r3 = r2; r3 += size; if r3 > 12` linked r2 to r3, turned
+                // a later `pkt += r2` into a scalar ("invalid mem access").
+                self.jump(op::JMP | op::JGT | op::K, R2, 0, 12 - size as i32, head);
                 self.goto(plain);
                 self.bind(not_after);
                 self.push(insn(op::ALU64 | op::SUB | op::K, R2, 0, 0, 4));
