@@ -553,13 +553,19 @@ pub fn translate(
     for &k in &used_mem {
         e.push(insn(op::ST | op::MEM | op::W, FP, 0, mem_slot(k), 0));
     }
-    e.push(insn(
-        op::ST | op::MEM | op::DW,
-        FP,
-        0,
-        STACK_LOOPS,
-        MAX_BACKWARD_JUMPS,
-    ));
+    // The loop budget, for programs with a loop only.
+    if program
+        .iter()
+        .any(|i| i.code == cbpf::JMP | cbpf::JA && (i.k as i32) < 0)
+    {
+        e.push(insn(
+            op::ST | op::MEM | op::DW,
+            FP,
+            0,
+            STACK_LOOPS,
+            MAX_BACKWARD_JUMPS,
+        ));
+    }
     match hook {
         Hook::Xdp => {
             e.push(insn(op::LDX | op::MEM | op::W, R9, CTX, XDP_DATA, 0));
