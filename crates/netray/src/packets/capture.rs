@@ -541,16 +541,16 @@ impl TestCapture {
             Hook::Xdp => XDP_PROGRAM,
             Hook::Tc => TC_PROGRAM,
         };
+        let fd = self
+            .loaded
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .fd()?
+            .as_fd();
         while self.ring.next().is_some() {}
         let mut kept = Vec::with_capacity(frames.len());
         for (i, frame) in frames.iter().enumerate() {
-            let fd = self
-                .loaded
-                .ebpf
-                .program(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .fd()?
-                .as_fd();
             match ebpf_filter::test_run(fd, frame) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {

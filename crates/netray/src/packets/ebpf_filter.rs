@@ -255,7 +255,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> EbpfInsn {
 enum Target {
     /// The first instruction of a classic instruction's block.
     Classic(usize),
-    /// A label inside the current block (an index into the output).
+    /// A label inside the current block (see [`Emitter::new_label`]).
     Here(usize),
     Accept,
     Reject,
@@ -313,11 +313,7 @@ impl Emitter {
     /// a packet pointer); rejects when the bytes are not in the packet.
     /// `size` is 1, 2 or 4.
     fn load_at_r2(&mut self, dst: u8, size: u32) {
-        let width = match size {
-            1 => op::B,
-            2 => op::H,
-            _ => op::W,
-        };
+        let width = width(size);
         match self.hook {
             Hook::Xdp => {
                 // r2: packet pointer, r5: data_end.
@@ -460,11 +456,7 @@ impl Emitter {
 
     /// TC: `dst = be(size bytes at offset r2 < 16)` of the assembled head.
     fn load_head(&mut self, dst: u8, size: u32) {
-        let width = match size {
-            1 => op::B,
-            2 => op::H,
-            _ => op::W,
-        };
+        let width = width(size);
         // The bound the verifier needs for a variable offset into the map
         // value (r2 < 16 here whatever path led to it).
         self.jump(op::JMP | op::JGT | op::K, R2, 0, 15, Target::Reject);
@@ -486,18 +478,24 @@ impl Emitter {
         self.jump(op::JMP | op::JEQ | op::K, R4, 0, 0, Target::Reject);
         self.add_imm(R4, -1);
         self.push(insn(op::STX | op::MEM | op::DW, FP, R4, STACK_LOOPS, 0));
-        self.push(insn(op::ST | op::MEM | op::W, FP, 0, STACK_KEY, 0));
-        self.ld_map_fd(R1, scratch);
-        self.mov(R2, FP);
-        self.add_imm(R2, STACK_KEY as i32);
-        self.call(MAP_LOOKUP_ELEM);
-        self.jump(op::JMP | op::JEQ | op::K, R0, 0, 0, Target::Reject);
+        self.lookup_scratch(scratch);
         self.push(insn(op::STX | op::MEM | op::W, R0, X, SCRATCH_X, 0));
         self.push(insn(op::LDX | op::MEM | op::W, X, R0, SCRATCH_X, 0));
         if self.hook == Hook::Xdp {
             // The call took r5.
             self.push(insn(op::LDX | op::MEM | op::W, R5, CTX, XDP_DATA_END, 0));
         }
+    }
+
+    /// `r0` = this CPU's scratch value (a call: r1-r5 are lost); rejects
+    /// the packet if the lookup fails.
+    fn lookup_scratch(&mut self, scratch: BorrowedFd<'_>) {
+        self.push(insn(op::ST | op::MEM | op::W, FP, 0, STACK_KEY, 0));
+        self.ld_map_fd(R1, scratch);
+        self.mov(R2, FP);
+        self.add_imm(R2, STACK_KEY as i32);
+        self.call(MAP_LOOKUP_ELEM);
+        self.jump(op::JMP | op::JEQ | op::K, R0, 0, 0, Target::Reject);
     }
 
     // Labels inside a block: a jump to a label records the label's number;
@@ -582,12 +580,7 @@ pub fn translate(
             let body = e.new_label();
             e.jump(op::JMP | op::JEQ | op::K, R9, 0, 0, body);
             // Tagged: assemble MACs, TPID, TCI, 8 more bytes.
-            e.push(insn(op::ST | op::MEM | op::W, FP, 0, STACK_KEY, 0));
-            e.ld_map_fd(R1, maps.scratch);
-            e.mov(R2, FP);
-            e.add_imm(R2, STACK_KEY as i32);
-            e.call(MAP_LOOKUP_ELEM);
-            e.jump(op::JMP | op::JEQ | op::K, R0, 0, 0, Target::Reject);
+            e.lookup_scratch(maps.scratch);
             e.push(insn(op::STX | op::MEM | op::DW, FP, R0, STACK_HEAD, 0));
             e.mov(R1, CTX);
             e.mov_imm(R2, 0);
@@ -855,6 +848,15 @@ pub fn translate(
         e.out[at].off = off;
     }
     Ok(e.out)
+}
+
+/// The memory-access width of a 1-, 2- or 4-byte load.
+fn width(size: u32) -> u8 {
+    match size {
+        1 => op::B,
+        2 => op::H,
+        _ => op::W,
+    }
 }
 
 fn mem_slot(k: u32) -> i16 {
