@@ -83,7 +83,7 @@ pub struct TranslateError {
 }
 
 // Classic BPF opcode fields (linux/filter.h, pcap/bpf.h).
-mod cbpf {
+pub(crate) mod cbpf {
     pub const LD: u16 = 0x00;
     pub const LDX: u16 = 0x01;
     pub const ST: u16 = 0x02;
@@ -213,9 +213,9 @@ const SKB_VLAN_PROTO: i16 = 28;
 const MAX_OFFSET: i32 = 0xffff - 4;
 
 // Classic BPF ancillary loads (linux/filter.h): offsets from SKF_AD_OFF.
-const SKF_AD_OFF: u32 = 0xffff_f000;
-const SKF_AD_PKTTYPE: u32 = 4;
-const SKF_AD_IFINDEX: u32 = 8;
+pub(crate) const SKF_AD_OFF: u32 = 0xffff_f000;
+pub(crate) const SKF_AD_PKTTYPE: u32 = 4;
+pub(crate) const SKF_AD_IFINDEX: u32 = 8;
 
 /// Where a loop puts X in the scratch value.
 const SCRATCH_X: i16 = 28;

@@ -39,6 +39,7 @@ use pcap_file::{
 use super::{
     CaptureCounts, Direction, PacketRecord,
     args::{Action, DirectionArg, OutputMode, OutputSink, PacketsConfig, SinkStatus},
+    ebpf_filter::{SKF_AD_IFINDEX, SKF_AD_OFF, SKF_AD_PKTTYPE, cbpf},
     filter::Program,
     flows::{FlowCounter, rates, render_table, to_json},
 };
@@ -642,11 +643,8 @@ pub fn file_accounting(counts: &CaptureCounts, name: &str) -> String {
 /// Classic BPF's `ld`/`ldh`/`ldb` with an absolute offset (class LD, mode
 /// ABS, any size).
 fn is_absolute_load(code: u16) -> bool {
-    code & 0x07 == 0x00 && code & 0xe0 == 0x20
+    code & 0x07 == cbpf::LD && code & 0xe0 == cbpf::ABS
 }
-
-/// Linux's ancillary data starts at this absolute offset (`SKF_AD_OFF`).
-const SKF_AD_OFF: u32 = 0xffff_f000;
 
 /// What libpcap says when `tcpdump -r` compiles a filter that needs a live
 /// capture's metadata, if `program` needs it.
@@ -663,10 +661,12 @@ pub fn savefile_refusal(program: &Program) -> Option<String> {
         .iter()
         .find(|i| is_absolute_load(i.code) && i.k >= SKF_AD_OFF)
         .map(|i| match i.k - SKF_AD_OFF {
-            // SKF_AD_PKTTYPE.
-            4 => "inbound/outbound not supported on Ethernet when reading savefiles".to_string(),
-            // SKF_AD_IFINDEX.
-            8 => "ifindex not supported on Ethernet when reading savefiles".to_string(),
+            SKF_AD_PKTTYPE => {
+                "inbound/outbound not supported on Ethernet when reading savefiles".to_string()
+            }
+            SKF_AD_IFINDEX => {
+                "ifindex not supported on Ethernet when reading savefiles".to_string()
+            }
             other => format!(
                 "the filter reads Linux packet metadata (ancillary offset {other}), which a file \
                  does not have"
